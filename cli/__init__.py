@@ -1,0 +1,1 @@
+"""The ``creward`` command line."""

@@ -1,0 +1,71 @@
+"""Entry point of the ``creward`` command: one sub-command per module in ``COMMAND_MODULES``.
+
+Each command module exposes ``register(subparsers)``, which adds its parser and sets
+``func`` (a callable taking the parsed namespace and returning an exit code).
+Command modules are imported lazily so ``creward --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Order is the order shown in --help.
+COMMAND_MODULES = (
+    "score",
+    "select",
+    "explain",
+    "convert",
+    "info",
+    "download",
+    "train",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="creward",
+        description="CREward: score how creative images are along geometry, material, texture and overall.",
+    )
+    parser.add_argument("--version", action="version", version=f"creward {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f".{name}", __package__)
+        except ModuleNotFoundError as error:
+            if error.name == f"{__package__}.{name}":
+                continue  # command not built yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    from ..models.errors import CREwardError
+
+    try:
+        return int(args.func(args) or 0)
+    except CREwardError as error:
+        logging.getLogger("creward").error("%s", error)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
