@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+_TRAIN_PACKAGE = __package__.rsplit(".", 1)[0] + ".train"
+
 TRAIN_STEPS = (
     "label",
     "features",
@@ -23,9 +25,9 @@ def register(subparsers) -> None:
     steps = parser.add_subparsers(dest="train_step", metavar="STEP")
     for name in TRAIN_STEPS:
         try:
-            module = importlib.import_module(f"...train.{name}", __package__)
+            module = importlib.import_module(f"{_TRAIN_PACKAGE}.{name}")
         except ModuleNotFoundError as error:
-            if error.name and error.name.startswith(f"{__package__.rsplit('.', 1)[0]}.train"):
+            if error.name == f"{_TRAIN_PACKAGE}.{name}":
                 continue  # step not built yet
             raise
         module.register(steps)

@@ -1,0 +1,1 @@
+"""Creative LoRAs: reward-guided LoRA training with CREward."""
