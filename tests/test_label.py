@@ -446,6 +446,16 @@ def test_find_pairs_errors_name_the_files(tmp_path):
     (pairs / "pair_0001_1.png").unlink()
     with pytest.raises(LabelError, match="pair_0001_1.png"):
         find_pairs(pairs)
+    (tmp_path / "jpgs").mkdir()
+    for name in ("pair_0003_0.jpg", "pair_0003_1.jpg", "pair_0004_0.webp"):
+        Image.new("RGB", (4, 4), COLOURS["red"]).save(tmp_path / "jpgs" / name)
+    with pytest.raises(LabelError, match="pair_0004_1.webp"):
+        find_pairs(tmp_path / "jpgs")
+    (tmp_path / "jpgs" / "pair_0004_0.webp").unlink()
+    assert [(pair.index, pair.image_1.name) for pair in find_pairs(tmp_path / "jpgs")] == [(3, "pair_0003_1.jpg")]
+    Image.new("RGB", (4, 4), COLOURS["red"]).save(tmp_path / "jpgs" / "pair_0003_1.png")
+    with pytest.raises(LabelError, match="two images for pair 3"):
+        find_pairs(tmp_path / "jpgs")
 
 
 # --------------------------------------------------------------------------- CLI

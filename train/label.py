@@ -5,7 +5,8 @@ Usage::
     creward train label PAIRS_DIR --endpoint http://127.0.0.1:8000/v1 --model NAME -o labels.jsonl \\
         [--subject chair] [--concurrency 4] [--max-requests N] [--max-tokens-total N] [--retry-malformed]
 
-``PAIRS_DIR`` holds ``pair_{idx:04d}_0.png`` and ``pair_{idx:04d}_1.png``. Every pair is asked
+``PAIRS_DIR`` holds ``pair_{idx:04d}_0.png`` and ``pair_{idx:04d}_1.png`` (.jpg/.jpeg/.webp also
+accepted). Every pair is asked
 twice through an OpenAI-compatible chat API (``POST {endpoint}/chat/completions``; vLLM, Ollama,
 LM Studio and hosted APIs speak it): once showing image _0 first, once showing image _1 first.
 The first image shown is "A". The answers are mapped back to the original order; an axis on
@@ -62,7 +63,7 @@ from .lvlm_client import API_KEY_ENVS, ENDPOINT_ENV, MODEL_ENV, ChatClient, LVLM
 
 logger = logging.getLogger(__name__)
 
-PAIR_FILE = re.compile(r"^pair_(\d+)_([01])\.png$")
+PAIR_FILE = re.compile(r"^pair_(\d+)_([01])\.(png|jpg|jpeg|webp)$", re.IGNORECASE)
 EXPECTED_NAMES = "pair_{idx:04d}_0.png and pair_{idx:04d}_1.png (e.g. pair_0000_0.png, pair_0000_1.png)"
 STATUSES = ("ok", "malformed")
 _FLIP = {"A": "B", "B": "A", "tie": "tie"}
@@ -89,17 +90,22 @@ def find_pairs(pairs_dir: str | os.PathLike) -> list[Pair]:
         what = "is not a directory" if folder.exists() else "does not exist"
         raise LabelError(f"pairs directory {folder} {what}; expected a folder of images named {EXPECTED_NAMES}")
     halves: dict[int, dict[int, Path]] = {}
-    digits: dict[int, str] = {}
+    stems: dict[int, tuple[str, str]] = {}  # idx -> (digits as written, extension), to name a missing partner
     for path in folder.iterdir():
         match = PAIR_FILE.match(path.name)
         if match and path.is_file():
-            index = int(match.group(1))
-            halves.setdefault(index, {})[int(match.group(2))] = path
-            digits.setdefault(index, match.group(1))
+            index, side = int(match.group(1)), int(match.group(2))
+            if side in halves.get(index, {}):
+                raise LabelError(
+                    f"{folder}: two images for pair {index} side {side}: {halves[index][side].name} and {path.name}; "
+                    "expected exactly one"
+                )
+            halves.setdefault(index, {})[side] = path
+            stems.setdefault(index, (match.group(1), match.group(3)))
     if not halves:
         raise LabelError(f"no pairs found in {folder}; expected images named {EXPECTED_NAMES}")
     missing = [
-        folder / f"pair_{digits[index]}_{side}.png"
+        folder / f"pair_{stems[index][0]}_{side}.{stems[index][1]}"
         for index, sides in sorted(halves.items())
         for side in (0, 1)
         if side not in sides
