@@ -223,6 +223,28 @@ class ComfyUIClient:
             files.append(root / item.get("subfolder", "") / item["filename"])
         return files
 
+    def example_workflows(self, pack: str = PACK_LINK_NAME) -> dict[str, dict]:
+        """The pack's example workflows as the UI's template browser gets them, by name.
+
+        ComfyUI lists ``<pack>/{example_workflows,example,examples,workflow,workflows}/*.json``
+        (not subfolders) at ``GET /workflow_templates`` and serves each at
+        ``/api/workflow_templates/<pack>/<name>.json``.
+        """
+        listing = self.get("/workflow_templates")
+        listing.raise_for_status()
+        workflows = {}
+        for name in listing.json().get(pack, []):
+            response = self.get(f"/api/workflow_templates/{pack}/{name}.json")
+            response.raise_for_status()
+            workflows[name] = response.json()
+        return workflows
+
+    def extensions(self, pack: str = PACK_LINK_NAME) -> list[str]:
+        """URLs of the pack's JS extensions (its ``WEB_DIRECTORY``) that the UI will load."""
+        response = self.get("/extensions")
+        response.raise_for_status()
+        return [url for url in response.json() if url.startswith(f"/extensions/{pack}/")]
+
     def free_memory(self) -> None:
         """Ask ComfyUI to unload models and drop its execution cache (``POST /free``)."""
         self.post("/free", json={"unload_models": True, "free_memory": True}).raise_for_status()

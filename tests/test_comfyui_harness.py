@@ -76,6 +76,15 @@ def test_core_workflow_runs_through_the_http_api(comfyui_server):
 
 
 @pytest.mark.integration
+def test_pack_web_directory_and_example_workflows_are_served(comfyui_server):
+    # Whatever the pack holds today: every listed extension and example workflow must load.
+    for url in comfyui_server.extensions():
+        assert comfyui_server.get(url).status_code == 200, url
+    for name, workflow in comfyui_server.example_workflows().items():
+        assert isinstance(workflow, dict) and workflow, name
+
+
+@pytest.mark.integration
 def test_invalid_prompt_raises_with_node_errors(comfyui_server):
     prompt = empty_image_prompt("harness/invalid")
     prompt["1"]["inputs"]["width"] = "not a number"
