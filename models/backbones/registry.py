@@ -59,7 +59,8 @@ BACKBONES: dict[str, BackboneSpec] = {
             official_feature_dim=1152,
             module="siglip2",
             weights_hint="a Hugging Face folder of google/siglip2-so400m-patch14-384, or an open_clip "
-            "ViT-SO400M-14-SigLIP2-384 checkpoint (open_clip_model.safetensors)",
+            "ViT-SO400M-14-SigLIP2-378 checkpoint (open_clip_model.safetensors; open_clip's patch-14 so400m SigLIP2 "
+            "tower, the same network as the 384 px Hugging Face model)",
             hf_repo="google/siglip2-so400m-patch14-384",
             default_names=("siglip2-so400m-patch14-384", "siglip2"),
         ),
