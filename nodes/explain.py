@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from ..models.axes import AXES, axis_weights
+from ..models.errors import CREwardError
 from ..models.gradcam import gradcam, overlay
 from ..models.score_table import ScoreTable
 from .managed_model import as_rgb
@@ -73,12 +74,13 @@ class CREwardExplain:
 
         images = as_rgb(images, "images")
         if axis == WEIGHTED:
-            target = axis_weights(weights, creward.axes)
+            try:
+                target = axis_weights(weights, creward.axes)
+            except CREwardError as error:
+                raise CREwardError(f"weights: {error}") from None
         elif axis in AXES:
             target = axis
         else:
-            from ..models.errors import CREwardError
-
             raise CREwardError(f"axis: unknown choice {axis!r}; expected one of {', '.join([*AXES, WEIGHTED])}")
         count = images.shape[0]
         bar = comfy.utils.ProgressBar(count)

@@ -296,33 +296,24 @@ def test_cli_writes_overlay_and_sheet_pngs(tmp_path, clip_files, capsys):
 
 # -- ComfyUI: the node in a real ComfyUI ---------------------------------------------------------
 WORKFLOWS = __import__("pathlib").Path(__file__).resolve().parents[1] / "workflows"
-HEAD_NAME = "explain_test_clip.safetensors"
-BACKBONE_NAME = "explain-test-clip"
-INPUT_NAME = "explain_test.png"
 
 
 @pytest.fixture(scope="module")
-def comfy_explain_files(comfy_base_dir):
-    """A clip head and backbone in ComfyUI's model folders, and an input image (96×128, planted squares)."""
-    from creward.models.head import build_head, save_head
-    from builders import clip as clip_builder
+def comfy_example_files(comfy_base_dir):
+    """The files the example workflows name (tiny clip CREward, input/example.png 96x128), shared set-up."""
+    import nodes_setup
 
-    clip_builder.build(comfy_base_dir / "models" / "creward" / "backbones" / BACKBONE_NAME, "hub")
-    torch.manual_seed(2)
-    save_head(build_head(clip_builder.FEATURE_DIM).eval(), comfy_base_dir / "models" / "creward" / HEAD_NAME, backbone="clip")
-    image = F.interpolate(planted_image(seed=4).unsqueeze(0), size=(96, 128), mode="bilinear")[0]
-    _write_png(comfy_base_dir / "input" / INPUT_NAME, image)
-    return comfy_base_dir
+    return nodes_setup.install_weights(comfy_base_dir)
 
 
 @pytest.mark.integration
-def test_node_in_process_returns_overlay_mask_and_scores(comfy_inprocess, comfy_explain_files):
+def test_node_in_process_returns_overlay_mask_and_scores(comfy_inprocess, comfy_example_files):
     nodes = comfy_inprocess
     loader = nodes.NODE_CLASS_MAPPINGS["CREwardLoader"]()
     explain = nodes.NODE_CLASS_MAPPINGS["CREwardExplain"]()
     score = nodes.NODE_CLASS_MAPPINGS["CREwardScore"]()
     with torch.inference_mode():  # as ComfyUI's executor runs every node
-        (creward,) = loader.load(HEAD_NAME, "auto", BACKBONE_NAME, "cpu", "fp32")
+        (creward,) = loader.load(comfy_example_files["head"].name, "auto", "auto", "cpu", "fp32")
         images = torch.rand(3, 80, 100, 3)
         images[1, 10:40, 20:50] = torch.tensor([1.0, 0.0, 0.0])
         pictures, heatmaps, scores = explain.explain(creward, images, "geometry")
@@ -340,7 +331,8 @@ def test_node_in_process_returns_overlay_mask_and_scores(comfy_inprocess, comfy_
 
 
 @pytest.mark.integration
-def test_node_runs_in_the_server_from_the_api_workflow(comfyui_server, comfy_explain_files):
+def test_node_runs_in_the_server_from_the_api_workflow(comfyui_server, comfy_example_files):
+    """workflows/api/explain.json, unchanged, in ComfyUI's executor (which runs under inference mode)."""
     import json
 
     from PIL import Image
@@ -348,16 +340,15 @@ def test_node_runs_in_the_server_from_the_api_workflow(comfyui_server, comfy_exp
     info = comfyui_server.object_info("CREwardExplain")
     assert info["category"] == "CREward" and info["output"] == ["IMAGE", "MASK", "CREWARD_SCORES"]
     prompt = json.loads((WORKFLOWS / "api" / "explain.json").read_text())
-    prompt["1"]["inputs"]["image"] = INPUT_NAME
-    prompt["2"]["inputs"].update(head=HEAD_NAME, backbone_weights=BACKBONE_NAME)
-    prompt["3"]["inputs"]["axis"] = "geometry"
     history = comfyui_server.run(prompt, timeout=300)
     (overlay_file,) = comfyui_server.output_files(history, "4")
     (mask_file,) = comfyui_server.output_files(history, "5")
+    with Image.open(comfy_example_files["images"][0]) as source:
+        size = source.size
     with Image.open(overlay_file) as picture:
-        assert picture.size == (128, 96)
+        assert picture.size == size
     with Image.open(mask_file) as mask:
-        assert mask.size == (128, 96)
+        assert mask.size == size
         low, high = mask.convert("L").getextrema()
     assert high == 255 and low < high  # normalised map with contrast: gradients flowed in the executor
 
