@@ -40,6 +40,12 @@ def progress_bar(total: int, description: str):
     return tqdm(total=total, desc=description, unit="img", file=sys.stderr, disable=None, dynamic_ncols=True)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomically(path: str | os.PathLike, text: str) -> Path:
     """Write text to ``path`` via a temporary file in the same folder, so no half-written file is left."""
     path = Path(path)
@@ -48,6 +54,7 @@ def write_atomically(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(handle, "w", newline="") as stream:
             stream.write(text)
+        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp creates 0600; match a normal file
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
