@@ -15,14 +15,16 @@ from ..models.locate import default_download_dir
 logger = logging.getLogger(__name__)
 
 PROJECT_PAGE = "https://han-j-y.github.io/creward_prj/"
+OFFICIAL_HEAD_REPO = "jhan/CREward"  # official reward heads: <backbone>/reward_head_best.ckpt
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("download", help="fetch a backbone's weights (and optionally a head) into the models folder")
     parser.add_argument("name", choices=available_backbones(), help="backbone to fetch")
     parser.add_argument("--dir", help=f"models folder (default: $CREWARD_MODELS_DIR or {default_download_dir()})")
-    parser.add_argument("--head-repo", help="Hugging Face repo holding the head checkpoint (the official release is linked from the project page)")
-    parser.add_argument("--head-file", default="reward_head_best.ckpt", help="head file name inside --head-repo")
+    parser.add_argument("--head-repo", default=OFFICIAL_HEAD_REPO, help=f"Hugging Face repo holding the head checkpoints (default: the official {OFFICIAL_HEAD_REPO})")
+    parser.add_argument("--head-file", help="head file inside --head-repo (default: <backbone>/reward_head_best.ckpt)")
+    parser.add_argument("--no-head", action="store_true", help="fetch only the backbone")
     parser.add_argument("--token", help="Hugging Face token (gated models such as google/gemma-3-4b-it need one); env HF_TOKEN")
     parser.set_defaults(func=run)
 
@@ -39,7 +41,8 @@ def manual_instructions(name: str, folder: Path) -> str:
     return (
         f"To install {name!r} by hand: download {fetch} and put it at {target}\n"
         f"  (expected: {spec.weights_hint}).\n"
-        f"Then get the CREward head for {name} (see {PROJECT_PAGE}), convert it with\n"
+        f"Then get the CREward head https://huggingface.co/{OFFICIAL_HEAD_REPO}/blob/main/{name}/reward_head_best.ckpt\n"
+        f"  (official release, see {PROJECT_PAGE}) and convert it with\n"
         f"  creward convert reward_head_best.ckpt --backbone {name} -o {folder / f'creward_{name}.safetensors'}"
     )
 
@@ -67,14 +70,15 @@ def run(args) -> int:
             print(manual_instructions(args.name, folder))
             return 1
         print(f"backbone {args.name} -> {target}")
-        if args.head_repo:
+        if not args.no_head:
             from huggingface_hub import hf_hub_download
 
             from ..models.head import load_head, save_head
 
-            checkpoint = hf_hub_download(args.head_repo, args.head_file, token=args.token)
-            head, info = load_head(checkpoint, args.name)
-            output = save_head(head, folder / f"creward_{args.name}.safetensors", args.name, info.axes, {"creward.source": f"{args.head_repo}/{args.head_file}"})
+            head_file = args.head_file or f"{args.name}/reward_head_best.ckpt"
+            checkpoint = hf_hub_download(args.head_repo, head_file, token=args.token)
+            head, info = load_head(checkpoint, args.name)  # weights-only read
+            output = save_head(head, folder / f"creward_{args.name}.safetensors", args.name, info.axes, {"creward.source": f"{args.head_repo}/{head_file}"})
             print(f"head -> {output}")
         return 0
     except OSError as error:  # no network, DNS failure, refused connection, disk full
