@@ -110,13 +110,11 @@ def plot_scores(
             draw.rectangle([left + row * group_w, top, left + (row + 1) * group_w, top + plot_h], fill=HIGHLIGHT)
 
     step = _nice_step(high - low)
-    tick = math.ceil(low / step) * step
-    while tick <= high + 1e-12:
+    for index in range(math.ceil(low / step), math.floor(high / step) + 1):
+        tick = index * step  # multiples of the step: no accumulated rounding ("-2.8e-17")
         y = y_of(tick)
         draw.line([(left, y), (width - right, y)], fill=(232, 232, 232))
-        label = f"{tick:.3g}"
-        draw.text((left - 6, y), label, fill=(90, 90, 90), font=small, anchor="rm")
-        tick += step
+        draw.text((left - 6, y), f"{tick:.3g}", fill=(90, 90, 90), font=small, anchor="rm")
     zero = y_of(0.0)
     draw.line([(left, zero), (width - right, zero)], fill=(60, 60, 60), width=1)
     draw.line([(left, top), (left, top + plot_h)], fill=(60, 60, 60), width=1)
@@ -137,10 +135,9 @@ def plot_scores(
         if row % label_every == 0:
             draw.text((left + (row + 0.5) * group_w, top + plot_h + 6), f"#{ids[row]}", fill=(40, 40, 40), font=small, anchor="mt")
 
-    x = left
     if title:
-        draw.text((left, 8), title, fill=(20, 20, 20), font=font)
-        x = left + draw.textlength(title, font=font) + 18
+        draw.text((left, 4), title, fill=(20, 20, 20), font=font)
+    x = left
     for column, axis in enumerate(axes):
         draw.rectangle([x, 24, x + 10, 34], fill=axis_color(axis, column))
         draw.text((x + 14, 29), axis, fill=(40, 40, 40), font=small, anchor="lm")

@@ -81,10 +81,9 @@ def install_checkpoint(base_dir: Path) -> Path:
     target = Path(base_dir) / "models" / "checkpoints" / comfyui_models.CHECKPOINT_NAME
     if target.exists():
         return target
-    built = WEIGHT_CACHE / CHECKPOINT_BUILD
+    target.unlink(missing_ok=True)  # a dangling link
     with _lock(WEIGHT_CACHE / (CHECKPOINT_BUILD + ".lock")):
-        if not built.is_file():
-            comfyui_models.install_sd15_checkpoint(WEIGHT_CACHE, name=CHECKPOINT_BUILD)
+        built = comfyui_models.install_sd15_checkpoint(WEIGHT_CACHE, name=CHECKPOINT_BUILD)
     target.parent.mkdir(parents=True, exist_ok=True)
     os.symlink(built, target)
     return target
