@@ -7,6 +7,7 @@ Loaded once: the executor's cache keeps the output while the inputs stay the sam
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -133,6 +134,7 @@ class CREwardLoader:
         return True
 
     def load(self, head, backbone, backbone_weights, device, dtype, clip_vision=None):
+        started = time.perf_counter()
         head_file = _head_path(head)
         try:
             head_module, info = load_head(head_file, None if backbone == AUTO else backbone)
@@ -168,5 +170,5 @@ class CREwardLoader:
         load_device, offload_device = choose_devices(device)
         compute_dtype = choose_dtype(dtype, load_device)
         description = f"{spec.name} head {head} + backbone {source} on {load_device} ({str(compute_dtype).replace('torch.', '')})"
-        logger.info("CREward loaded: %s", description)
+        logger.info("CREward loaded in %.2f s: %s", time.perf_counter() - started, description)
         return (ManagedCREward(model, load_device, offload_device, compute_dtype, description),)

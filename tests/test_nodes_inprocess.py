@@ -30,6 +30,8 @@ def env(comfy_inprocess, comfy_base_dir):
     creward_dir = comfy_base_dir / "models" / "creward"
     save_head(build_head(64), creward_dir / "creward_clip_narrow.safetensors", "clip")  # width mismatch
     save_head(build_head(16), creward_dir / "creward_siglip2_tiny.safetensors", "siglip2")  # no weights anywhere
+    save_head(build_head(16), creward_dir / "creward_dreamsim_tiny.safetensors", "dreamsim")  # optional package
+    (creward_dir / "backbones" / "dreamsim").mkdir(parents=True, exist_ok=True)
     torch.save(build_head(clip_builder.FEATURE_DIM).state_dict(), creward_dir / "reward_head_best.ckpt")  # no metadata
     from safetensors.torch import save_file
 
@@ -102,10 +104,20 @@ def test_loader_picks_devices_and_dtype_from_comfy(env):
         ("reward_head_best.ckpt", "auto", r"choose it in 'backbone'"),
         ("not_a_head.safetensors", "auto", r"head: .*not a CREward head"),
     ],
+    ids=["width-mismatch", "missing-backbone", "ckpt-without-backbone", "not-a-head"],
 )
 def test_loader_errors_name_the_problem(env, head, backbone, message):
     with pytest.raises(Exception, match=message):
         run("CREwardLoader", env, "load", head, backbone, "auto", "auto", "auto")
+
+
+def test_missing_optional_package_is_a_node_error_not_an_import_failure(env):
+    import importlib.util
+
+    if importlib.util.find_spec("dreamsim") is not None:
+        pytest.skip("dreamsim is installed here")
+    with pytest.raises(Exception, match=r"pip install"):
+        run("CREwardLoader", env, "load", "creward_dreamsim_tiny.safetensors", "auto", "auto", "auto", "auto")
 
 
 def test_official_ckpt_head_loads_with_backbone_chosen(env):

@@ -46,7 +46,8 @@ def install_creward_clip(models_dir: str | Path, seed: int = 0, head_name: str =
     backbone = models_dir / "creward" / "backbones" / BACKBONE_FOLDER
     if not (backbone / "config.json").is_file():
         clip_builder.build(backbone, "hub", seed=seed, vision=vision)
-    head = write_clip_head(models_dir / "creward" / head_name, seed=seed)
+    width = (vision or {}).get("hidden_size", clip_builder.FEATURE_DIM)
+    head = write_clip_head(models_dir / "creward" / head_name, seed=seed, feature_dim=width)
     return {"head": head, "backbone": backbone}
 
 
