@@ -34,7 +34,9 @@ def env(comfyui_server, comfy_base_dir, comfy_inprocess):
     creward_dir = comfy_base_dir / "models" / "creward"
     save_head(build_head(64), creward_dir / "creward_clip_narrow.safetensors", "clip")
     save_head(build_head(16), creward_dir / "creward_siglip2_tiny.safetensors", "siglip2")
-    (creward_dir / "not_a_head.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(2, 2)}, str(creward_dir / "not_a_head.safetensors"))  # weights, not a head
 
     class Env:
         client = comfyui_server
@@ -207,7 +209,7 @@ def test_a_file_that_is_not_a_head_is_a_validation_error(env):
         env.client.queue(graph)
     errors = info.value.details["node_errors"]["1"]["errors"]
     assert errors[0]["extra_info"]["input_name"] == "head"
-    assert "not_a_head.safetensors" in errors[0]["details"] and "safetensors" in errors[0]["details"]
+    assert "not_a_head.safetensors is not a CREward head" in errors[0]["details"]
     expect_ok(env.client)
 
 
