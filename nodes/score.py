@@ -184,7 +184,7 @@ class CREwardScoreLatent:
                 values = creward.score_images(images, decode_batch_size)
             rows.append(values)
             bar.update_absolute(min(start + decode_batch_size, count))
-        table = ScoreTable(torch.cat(rows), creward.axes, ids if ids is not None else None)
+        table = ScoreTable(torch.cat(rows), creward.axes, ids)
         return score_outputs(table, f"CREward ({len(table)} latent{'s' if len(table) != 1 else ''})")
 
 

@@ -16,7 +16,6 @@ from PIL import Image
 
 import comfyui_harness as harness
 import nodes_setup
-from builders import comfyui_models
 from creward.models import load
 from creward.models.head import build_head, save_head
 from creward.models.preprocess import load_image
