@@ -197,3 +197,19 @@ def test_select_copies_top_k_with_manifest(weights, images, tmp_path, capsys):
     out2 = tmp_path / "none"
     assert main(["select", str(folder), "--top-k", "2", "--weights", "1,0,0,1", "--min", "1e9", "--out", str(out2), *common]) == 1
     assert "no image reached" in capsys.readouterr().err and not out2.exists()
+
+
+@pytest.mark.parametrize("backbone", ["clip", "siglip2", "siglip-gemma3", "dino3", "vgg16"])
+def test_score_json_reproduces_the_official_formula_for_every_backbone(backbone, tmp_path, capsys):
+    from builders import build_backbone_weights
+    from creward.models.backbones.registry import load_backbone
+
+    weights_path = build_backbone_weights(backbone, tmp_path / "backbone")
+    feature_dim = load_backbone(backbone, weights_path).feature_dim
+    head = official_head(feature_dim, seed=5)
+    checkpoint = save_official_checkpoint(head, tmp_path / "reward_head_best.ckpt")
+    paths = write_images(tmp_path, sizes=((320, 240), (100, 150)))
+    code, items = run_json(capsys, ["score", *map(str, paths), "--head", str(checkpoint), "--backbone", backbone, "--backbone-weights", str(weights_path), "--json", "--device", "cpu"])
+    assert code == 0
+    got = torch.tensor([[item[axis] for axis in AXES] for item in items])
+    torch.testing.assert_close(got, official_scores(backbone, weights_path, head, paths), atol=1e-4, rtol=0)
