@@ -2,11 +2,8 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torch import nn
 
 import creward.models
 from builders import clip as clip_builder
@@ -15,12 +12,11 @@ from creward.models.backbones import vision_checkpoints
 from creward.models.backbones.registry import load_backbone
 from creward.models.errors import WeightsError
 from creward.models.preprocess import load_image
+from official_reference import official_head, official_scores, save_official_checkpoint, write_images
 
 pytestmark = pytest.mark.unit
 
 SIZE = 224
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 # OpenAI CLIP ViT-L/14 vision config (openai/clip-vit-large-patch14; ComfyUI's clip_vision_config_vitl.json)
 VIT_L_14 = dict(
     hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, num_channels=3,
@@ -28,54 +24,15 @@ VIT_L_14 = dict(
 )
 
 
-def official_head(feature_dim: int, seed: int = 1) -> nn.Sequential:
-    """The paper's MLP head, written out here independently of creward.models.head."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(feature_dim, 1024), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(1024, 128), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(128, 64), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(64, 16), nn.ReLU(),
-        nn.Linear(16, 4),
-    ).eval()
-
-
-def write_images(folder, sizes=((300, 200), (97, 131), (224, 224))):
-    rng = np.random.default_rng(0)
-    paths = []
-    for index, (width, height) in enumerate(sizes):
-        path = folder / f"image{index}.png"
-        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
-def official_scores(hf_folder, head, image_paths):
-    """The official code path: PIL → v1 transforms → CLIPVisionModel.from_pretrained → pooler_output → head."""
-    from torchvision import transforms
-    from transformers import CLIPVisionModel
-
-    transform = transforms.Compose([
-        transforms.ToTensor(),
-        transforms.Resize((SIZE, SIZE)),
-        transforms.Normalize(CLIP_MEAN, CLIP_STD),
-    ])
-    pixels = torch.stack([transform(Image.open(path).convert("RGB")) for path in image_paths])
-    model = CLIPVisionModel.from_pretrained(hf_folder).eval()
-    with torch.no_grad():
-        return head(model(pixel_values=pixels).pooler_output)
-
-
 @pytest.mark.parametrize("fmt", clip_builder.FORMATS)
 def test_scores_equal_official_path(tmp_path, fmt):
     hub = clip_builder.build(tmp_path / "clip-vit-large-patch14", "hub")
     weights = hub if fmt == "hub" else clip_builder.build(tmp_path / fmt, fmt)
     head = official_head(clip_builder.FEATURE_DIM)
-    ckpt = tmp_path / "reward_head_best.ckpt"
-    torch.save(head.state_dict(), ckpt)
+    ckpt = save_official_checkpoint(head, tmp_path / "reward_head_best.ckpt")
     images = write_images(tmp_path)
 
-    expected = official_scores(hub, head, images)
+    expected = official_scores("clip", hub, head, images)
     model = creward.models.load(head=ckpt, backbone="clip", backbone_weights=weights)
     got = model.score([load_image(path) for path in images], batch_size=2)
 

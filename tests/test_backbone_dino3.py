@@ -2,71 +2,29 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torch import nn
 
 import creward.models
 from builders import dino3 as dino_builder
 from creward.models.backbones.registry import load_backbone
 from creward.models.errors import WeightsError
 from creward.models.preprocess import load_image
+from official_reference import official_head, official_scores, save_official_checkpoint, write_images
 
 pytestmark = pytest.mark.unit
 
 SIZE = 224
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-
-
-def official_head(feature_dim: int, seed: int = 1) -> nn.Sequential:
-    """The paper's MLP head, written out here independently of creward.models.head."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(feature_dim, 1024), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(1024, 128), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(128, 64), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(64, 16), nn.ReLU(),
-        nn.Linear(16, 4),
-    ).eval()
-
-
-def write_images(folder, sizes=((300, 200), (97, 131), (224, 224))):
-    rng = np.random.default_rng(0)
-    paths = []
-    for index, (width, height) in enumerate(sizes):
-        path = folder / f"image{index}.png"
-        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
-def official_scores(folder, head, image_paths):
-    from torchvision import transforms
-    from transformers import DINOv3ViTModel
-
-    transform = transforms.Compose([
-        transforms.ToTensor(),
-        transforms.Resize((SIZE, SIZE)),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-    pixels = torch.stack([transform(Image.open(path).convert("RGB")) for path in image_paths])
-    model = DINOv3ViTModel.from_pretrained(folder).eval()
-    with torch.no_grad():
-        return head(model(pixel_values=pixels).last_hidden_state[:, 0])
 
 
 @pytest.mark.parametrize("fmt", dino_builder.FORMATS)
 def test_scores_equal_official_path(tmp_path, fmt):
     folder = dino_builder.build(tmp_path / "dinov3-vith16plus-pretrain-lvd1689m", fmt)
     head = official_head(dino_builder.FEATURE_DIM)
-    ckpt = tmp_path / "reward_head_best.ckpt"
-    torch.save(head.state_dict(), ckpt)
+    ckpt = save_official_checkpoint(head, tmp_path / "reward_head_best.ckpt")
     images = write_images(tmp_path)
 
-    expected = official_scores(folder, head, images)
+    expected = official_scores("dino3", folder, head, images)
     model = creward.models.load(head=ckpt, backbone="dino3", backbone_weights=folder)
     got = model.score([load_image(path) for path in images], batch_size=2)
 
@@ -119,8 +77,7 @@ def test_gradcam_layer_outputs_prefix_plus_grid_tokens(tmp_path):
 
 def test_head_and_backbone_width_mismatch_names_the_files(tmp_path):
     folder = dino_builder.build(tmp_path / "dinov3", "hub")
-    ckpt = tmp_path / "reward_head_best.ckpt"
-    torch.save(official_head(1280).state_dict(), ckpt)
+    ckpt = save_official_checkpoint(official_head(1280), tmp_path / "reward_head_best.ckpt")
     with pytest.raises(WeightsError, match=r"reward_head_best\.ckpt.*1280-wide.*dinov3.*32-wide"):
         creward.models.load(head=ckpt, backbone="dino3", backbone_weights=folder)
 
@@ -150,8 +107,7 @@ def test_gradcam_runs_end_to_end(tmp_path):
     from creward.models.gradcam import gradcam
 
     folder = dino_builder.build(tmp_path / "d", "hub")
-    ckpt = tmp_path / "reward_head_best.ckpt"
-    torch.save(official_head(dino_builder.FEATURE_DIM).state_dict(), ckpt)
+    ckpt = save_official_checkpoint(official_head(dino_builder.FEATURE_DIM), tmp_path / "reward_head_best.ckpt")
     model = creward.models.load(head=ckpt, backbone="dino3", backbone_weights=folder)
     heatmaps, scores = gradcam(model, torch.rand(2, 3, 64, 80), "texture")
     assert heatmaps.shape == (2, 64, 80) and scores.shape == (2, 4)

@@ -12,15 +12,12 @@ real-package test therefore writes a random cache folder (full-size ViT-B/16s, 1
 """
 
 import importlib.machinery
-import json
 import sys
 import types
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from creward.models.backbones import dreamsim as dreamsim_backbone
@@ -182,32 +179,20 @@ def write_random_dreamsim_cache(folder: Path) -> Path:
 def test_real_dreamsim_package_embed_and_scores(tmp_path):
     pytest.importorskip("dreamsim")
     from dreamsim import dreamsim
-    from torchvision import transforms
 
     import creward.models
     from creward.models.preprocess import load_image
+    from official_reference import official_head, official_pixels, save_official_checkpoint, write_images
 
     folder = write_random_dreamsim_cache(tmp_path / "dreamsim")
     hub_dir = torch.hub.get_dir()
     official, _ = dreamsim(pretrained=True, device="cpu", cache_dir=str(folder))
     torch.hub.set_dir(hub_dir)
-    torch.manual_seed(1)
-    head = nn.Sequential(
-        nn.Linear(1792, 1024), nn.ReLU(), nn.Dropout(0.2), nn.Linear(1024, 128), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(128, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4),
-    ).eval()
-    ckpt = tmp_path / "reward_head_best.ckpt"
-    torch.save(head.state_dict(), ckpt)
-    rng = np.random.default_rng(0)
-    paths = []
-    for index, (width, height) in enumerate(((300, 200), (97, 131))):
-        paths.append(tmp_path / f"image{index}.png")
-        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(paths[-1])
-    transform = transforms.Compose([
-        transforms.ToTensor(),
-        transforms.Resize((224, 224), interpolation=transforms.InterpolationMode.BICUBIC),
-    ])
-    pixels = torch.stack([transform(Image.open(path).convert("RGB")) for path in paths])
+    head = official_head(1792)
+    ckpt = save_official_checkpoint(head, tmp_path / "reward_head_best.ckpt")
+    paths = write_images(tmp_path, sizes=((300, 200), (97, 131)))
+    # DreamSim normalises inside each ensemble member: the official transform is ToTensor + bicubic Resize only
+    pixels = official_pixels(paths, 224, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], bicubic=True)
     with torch.no_grad():
         expected = head(official.embed(pixels))
     model = creward.models.load(head=ckpt, backbone="dreamsim", backbone_weights=folder)

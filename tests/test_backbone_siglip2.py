@@ -2,11 +2,8 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torch import nn
 
 import creward.models
 from builders import siglip2 as siglip_builder
@@ -15,6 +12,7 @@ from creward.models.backbones import vision_checkpoints
 from creward.models.backbones.registry import load_backbone
 from creward.models.errors import WeightsError
 from creward.models.preprocess import load_image
+from official_reference import official_head, official_scores, save_official_checkpoint, write_images
 
 pytestmark = pytest.mark.unit
 
@@ -27,54 +25,15 @@ SO400M_14_384 = dict(
 )
 
 
-def official_head(feature_dim: int, seed: int = 1) -> nn.Sequential:
-    """The paper's MLP head, written out here independently of creward.models.head."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(feature_dim, 1024), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(1024, 128), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(128, 64), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(64, 16), nn.ReLU(),
-        nn.Linear(16, 4),
-    ).eval()
-
-
-def write_images(folder, sizes=((300, 200), (97, 131), (384, 384))):
-    rng = np.random.default_rng(0)
-    paths = []
-    for index, (width, height) in enumerate(sizes):
-        path = folder / f"image{index}.png"
-        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
-def official_scores(hf_folder, head, image_paths):
-    """The official code path: PIL → v1 transforms → SiglipVisionModel.from_pretrained → pooler_output → head."""
-    from torchvision import transforms
-    from transformers import SiglipVisionModel
-
-    transform = transforms.Compose([
-        transforms.ToTensor(),
-        transforms.Resize((SIZE, SIZE)),
-        transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
-    ])
-    pixels = torch.stack([transform(Image.open(path).convert("RGB")) for path in image_paths])
-    model = SiglipVisionModel.from_pretrained(hf_folder).eval()
-    with torch.no_grad():
-        return head(model(pixel_values=pixels).pooler_output)
-
-
 @pytest.mark.parametrize("fmt", siglip_builder.FORMATS)
 def test_scores_equal_official_path(tmp_path, fmt):
     hub = siglip_builder.build(tmp_path / "siglip2-so400m-patch14-384", "hub")
     weights = hub if fmt == "hub" else siglip_builder.build(tmp_path / fmt, fmt)
     head = official_head(siglip_builder.FEATURE_DIM)
-    ckpt = tmp_path / "reward_head_best.ckpt"
-    torch.save(head.state_dict(), ckpt)
-    images = write_images(tmp_path)
+    ckpt = save_official_checkpoint(head, tmp_path / "reward_head_best.ckpt")
+    images = write_images(tmp_path, sizes=((300, 200), (97, 131), (SIZE, SIZE)))
 
-    expected = official_scores(hub, head, images)
+    expected = official_scores("siglip2", hub, head, images)
     model = creward.models.load(head=ckpt, backbone="siglip2", backbone_weights=weights)
     got = model.score([load_image(path) for path in images], batch_size=2)
 

@@ -2,71 +2,30 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torch import nn
 
 import creward.models
 from builders import siglip_gemma3 as gemma_builder
 from creward.models.backbones.registry import load_backbone
 from creward.models.errors import WeightsError
 from creward.models.preprocess import load_image
+from official_reference import official_embedder, official_head, official_scores, save_official_checkpoint, write_images
 
 pytestmark = pytest.mark.unit
 
 SIZE = 896
 
 
-def official_head(feature_dim: int, seed: int = 1) -> nn.Sequential:
-    """The paper's MLP head, written out here independently of creward.models.head."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(feature_dim, 1024), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(1024, 128), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(128, 64), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(64, 16), nn.ReLU(),
-        nn.Linear(16, 4),
-    ).eval()
-
-
-def write_images(folder, sizes=((300, 200), (97, 131))):
-    rng = np.random.default_rng(0)
-    paths = []
-    for index, (width, height) in enumerate(sizes):
-        path = folder / f"image{index}.png"
-        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
-def official_scores(folder, head, image_paths):
-    """The official code path: PIL → v1 transforms → whole Gemma3ForConditionalGeneration → mean → head."""
-    from torchvision import transforms
-    from transformers import Gemma3ForConditionalGeneration
-
-    transform = transforms.Compose([
-        transforms.ToTensor(),
-        transforms.Resize((SIZE, SIZE)),
-        transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
-    ])
-    pixels = torch.stack([transform(Image.open(path).convert("RGB")) for path in image_paths])
-    model = Gemma3ForConditionalGeneration.from_pretrained(folder).eval()
-    with torch.no_grad():
-        image_features = model.get_image_features(pixels).pooler_output  # [B, mm_tokens, text hidden]
-        return head(image_features.mean(dim=1))
-
-
 @pytest.mark.parametrize("fmt", ["hub", "save_pretrained", "module"])
 def test_scores_equal_official_path(tmp_path, fmt):
     folder = gemma_builder.build(tmp_path / "gemma-3-4b-it", fmt)
     head = official_head(gemma_builder.FEATURE_DIM)
-    ckpt = tmp_path / "reward_head_best.ckpt"
-    torch.save(head.state_dict(), ckpt)
-    images = write_images(tmp_path)
+    ckpt = save_official_checkpoint(head, tmp_path / "reward_head_best.ckpt")
+    images = write_images(tmp_path, sizes=((300, 200), (97, 131)))
 
-    expected = official_scores(folder, head, images)
+    # the official path: PIL → v1 transforms → whole Gemma3ForConditionalGeneration → mean → head
+    expected = official_scores("siglip-gemma3", folder, head, images)
     model = creward.models.load(head=ckpt, backbone="siglip-gemma3", backbone_weights=folder)
     got = model.score([load_image(path) for path in images])
 
@@ -79,13 +38,12 @@ def test_vision_head_tensors_are_skipped_and_features_unchanged(tmp_path):
     vision = dict(gemma_builder.VISION, vision_use_head=True)
     folder = gemma_builder.build(tmp_path / "g", "save_pretrained", config=gemma_builder.hub_config(vision=vision))
     assert any("head.probe" in key for key in json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"])
-    from transformers import Gemma3ForConditionalGeneration
 
     pixels = torch.rand(1, 3, SIZE, SIZE) * 2 - 1
     backbone = load_backbone("siglip-gemma3", folder)
-    reference = Gemma3ForConditionalGeneration.from_pretrained(folder).eval()
+    reference = official_embedder("siglip-gemma3", folder)
     with torch.no_grad():
-        torch.testing.assert_close(backbone(pixels), reference.get_image_features(pixels).pooler_output.mean(1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(backbone(pixels), reference(pixels), atol=1e-5, rtol=1e-5)
 
 
 def test_feature_dim_is_read_from_the_weights(tmp_path):
@@ -151,8 +109,7 @@ def test_text_only_config_is_a_clear_error(tmp_path):
 
 def test_head_and_backbone_width_mismatch_names_the_files(tmp_path):
     folder = gemma_builder.build(tmp_path / "gemma-3-4b-it", "hub")
-    ckpt = tmp_path / "reward_head_best.ckpt"
-    torch.save(official_head(2560).state_dict(), ckpt)
+    ckpt = save_official_checkpoint(official_head(2560), tmp_path / "reward_head_best.ckpt")
     with pytest.raises(WeightsError, match=r"reward_head_best\.ckpt.*2560-wide.*gemma-3-4b-it.*48-wide"):
         creward.models.load(head=ckpt, backbone="siglip-gemma3", backbone_weights=folder)
 
@@ -180,8 +137,7 @@ def test_gradcam_runs_end_to_end(tmp_path):
     from creward.models.gradcam import gradcam
 
     folder = gemma_builder.build(tmp_path / "g", "hub")
-    ckpt = tmp_path / "reward_head_best.ckpt"
-    torch.save(official_head(gemma_builder.FEATURE_DIM).state_dict(), ckpt)
+    ckpt = save_official_checkpoint(official_head(gemma_builder.FEATURE_DIM), tmp_path / "reward_head_best.ckpt")
     model = creward.models.load(head=ckpt, backbone="siglip-gemma3", backbone_weights=folder)
     heatmaps, scores = gradcam(model, torch.rand(2, 3, 64, 80), "texture")
     assert heatmaps.shape == (2, 64, 80) and scores.shape == (2, 4)
@@ -189,12 +145,10 @@ def test_gradcam_runs_end_to_end(tmp_path):
 
 
 def test_bf16_hub_files_load_as_float32_exactly(tmp_path):
-    from transformers import Gemma3ForConditionalGeneration
-
     folder = gemma_builder.build(tmp_path / "g", "hub", dtype=torch.bfloat16)  # the Hub's files are bf16
     backbone = load_backbone("siglip-gemma3", folder)
     assert {parameter.dtype for parameter in backbone.parameters()} == {torch.float32}
-    reference = Gemma3ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    reference = official_embedder("siglip-gemma3", folder)  # the official load: dtype=torch.float32
     pixels = torch.rand(1, 3, SIZE, SIZE) * 2 - 1
     with torch.no_grad():
-        torch.testing.assert_close(backbone(pixels), reference.get_image_features(pixels).pooler_output.mean(1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(backbone(pixels), reference(pixels), atol=1e-5, rtol=1e-5)

@@ -1,9 +1,7 @@
 """vgg16: our loader vs torchvision's VGG16 with ``classifier = classifier[:-1]``."""
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 import creward.models
@@ -11,77 +9,19 @@ from builders import vgg16 as vgg_builder
 from creward.models.backbones.registry import load_backbone
 from creward.models.errors import WeightsError
 from creward.models.preprocess import load_image
+from official_reference import official_head, official_scores, save_official_checkpoint, write_images
 
 pytestmark = pytest.mark.unit
 
 SIZE = 224
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
-def official_head(feature_dim: int, seed: int = 1) -> nn.Sequential:
-    """The paper's MLP head, written out here independently of creward.models.head."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(feature_dim, 1024), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(1024, 128), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(128, 64), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(64, 16), nn.ReLU(),
-        nn.Linear(16, 4),
-    ).eval()
-
-
-def write_images(folder, sizes=((300, 200), (97, 131))):
-    rng = np.random.default_rng(0)
-    paths = []
-    for index, (width, height) in enumerate(sizes):
-        path = folder / f"image{index}.png"
-        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
-def official_pixels(image_paths):
-    from torchvision import transforms
-
-    transform = transforms.Compose([
-        transforms.ToTensor(),
-        transforms.Resize((SIZE, SIZE)),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-    return torch.stack([transform(Image.open(path).convert("RGB")) for path in image_paths])
-
-
-def torchvision_vgg(weights_file, tiny: bool) -> nn.Module:
-    """torchvision's VGG16 (its own class and forward), loaded from the file, classifier[:-1]."""
-    from torchvision.models import vgg16
-    from torchvision.models.vgg import VGG, make_layers
-
-    state = torch.load(weights_file, map_location="cpu", weights_only=True)
-    with torch.device("meta"):  # skip the 138 M-parameter random init; every tensor is assigned below
-        if tiny:
-            model = VGG(make_layers(list(vgg_builder.TINY_LAYOUT)), init_weights=False)
-            flat = vgg_builder.TINY_LAYOUT[-2] * 49
-            hidden1, hidden2, classes = vgg_builder.TINY_CLASSIFIER
-            model.classifier = nn.Sequential(
-                nn.Linear(flat, hidden1), nn.ReLU(True), nn.Dropout(),
-                nn.Linear(hidden1, hidden2), nn.ReLU(True), nn.Dropout(),
-                nn.Linear(hidden2, classes),
-            )
-        else:
-            model = vgg16()
-    model.load_state_dict(state, strict=True, assign=True)
-    model.classifier = model.classifier[:-1]
-    return model.eval()
-
-
-def check_scores_equal_official(tmp_path, weights_file, reference_file, tiny, feature_dim):
+def check_scores_equal_official(tmp_path, weights_file, reference_file, feature_dim):
+    """Our scores vs torchvision's VGG16 (its own class and forward) loaded from ``reference_file``."""
     head = official_head(feature_dim)
-    ckpt = tmp_path / "reward_head_best.ckpt"
-    torch.save(head.state_dict(), ckpt)
-    images = write_images(tmp_path)
-    with torch.no_grad():
-        expected = head(torchvision_vgg(reference_file, tiny)(official_pixels(images)))
+    ckpt = save_official_checkpoint(head, tmp_path / "reward_head_best.ckpt")
+    images = write_images(tmp_path, sizes=((300, 200), (97, 131)))
+    expected = official_scores("vgg16", reference_file, head, images)
     model = creward.models.load(head=ckpt, backbone="vgg16", backbone_weights=weights_file)
     got = model.score([load_image(path) for path in images])
     assert model.backbone.feature_dim == feature_dim
@@ -93,13 +33,13 @@ def check_scores_equal_official(tmp_path, weights_file, reference_file, tiny, fe
 def test_scores_equal_torchvision_path_on_small_vgg16_shaped_weights(tmp_path, fmt):
     weights = vgg_builder.build(tmp_path / "backbones", fmt)
     reference = vgg_builder.build(tmp_path / "reference", "pth")  # the same tensors (same seed), as torchvision reads them
-    check_scores_equal_official(tmp_path, weights, reference, tiny=True, feature_dim=vgg_builder.TINY_FEATURE_DIM)
+    check_scores_equal_official(tmp_path, weights, reference, feature_dim=vgg_builder.TINY_FEATURE_DIM)
 
 
 @pytest.mark.slow
 def test_scores_equal_torchvision_vgg16_full_size(tmp_path):
     weights = vgg_builder.build(tmp_path / "backbones", "full_pth")
-    check_scores_equal_official(tmp_path, weights, weights, tiny=False, feature_dim=4096)
+    check_scores_equal_official(tmp_path, weights, weights, feature_dim=4096)
 
 
 def test_folder_holding_the_file_is_accepted(tmp_path):
@@ -132,8 +72,7 @@ def test_gradcam_layer_is_the_last_conv_block_output(tmp_path):
 
 def test_head_and_backbone_width_mismatch_names_the_files(tmp_path):
     weights = vgg_builder.build(tmp_path / "backbones", "pth")
-    ckpt = tmp_path / "reward_head_best.ckpt"
-    torch.save(official_head(4096).state_dict(), ckpt)
+    ckpt = save_official_checkpoint(official_head(4096), tmp_path / "reward_head_best.ckpt")
     with pytest.raises(WeightsError, match=r"reward_head_best\.ckpt.*4096-wide.*vgg16-397923af\.pth.*20-wide"):
         creward.models.load(head=ckpt, backbone="vgg16", backbone_weights=weights)
 
@@ -172,8 +111,7 @@ def test_gradcam_runs_end_to_end(tmp_path):
     from creward.models.gradcam import gradcam
 
     weights = vgg_builder.build(tmp_path / "backbones", "pth")
-    ckpt = tmp_path / "reward_head_best.ckpt"
-    torch.save(official_head(vgg_builder.TINY_FEATURE_DIM).state_dict(), ckpt)
+    ckpt = save_official_checkpoint(official_head(vgg_builder.TINY_FEATURE_DIM), tmp_path / "reward_head_best.ckpt")
     model = creward.models.load(head=ckpt, backbone="vgg16", backbone_weights=weights)
     heatmaps, scores = gradcam(model, torch.rand(2, 3, 64, 80), "texture")
     assert heatmaps.shape == (2, 64, 80) and scores.shape == (2, 4)
