@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from ._files import save_safetensors, save_vision_model
+
 FORMATS = (
     "hub", "sharded", "vision", "comfyui", "comfyui_bundle",
     "open_clip", "open_clip_bin", "open_clip_folder", "open_clip_training",
@@ -138,14 +140,6 @@ def open_clip_state(model, vision: dict | None = None) -> dict[str, torch.Tensor
     return {key: value.detach().contiguous() for key, value in clip.state_dict().items()}
 
 
-def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> Path:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({key: value.contiguous() for key, value in state.items()}, str(path), metadata={"format": "pt"})
-    return path
-
-
 def _comfyui_state(model) -> dict[str, torch.Tensor]:
     state = {f"vision_model.{key}": value for key, value in vision_state(model).items()}
     state["vision_model.embeddings.position_ids"] = torch.arange(GRID * GRID + 1).unsqueeze(0)
@@ -165,21 +159,17 @@ def build(folder: str | Path, fmt: str = "hub", seed: int = 0, vision: dict | No
     if fmt == "vision":
         from transformers import CLIPVisionModel
 
-        vision_model = CLIPVisionModel(model.config.vision_config).eval()
-        # transformers 4 nests the transformer as .vision_model; 5 holds it directly
-        getattr(vision_model, "vision_model", vision_model).load_state_dict(vision_state(model), strict=True)
-        vision_model.save_pretrained(folder)
-        return folder
+        return save_vision_model(CLIPVisionModel, model.config.vision_config, vision_state(model), folder)
     if fmt == "comfyui":
-        return _save_safetensors(_comfyui_state(model), folder / "clip_vision_l.safetensors")
+        return save_safetensors(_comfyui_state(model), folder / "clip_vision_l.safetensors")
     if fmt == "comfyui_bundle":
         state = {f"clip_vision.{key}": value for key, value in _comfyui_state(model).items()}
         state["model.diffusion_model.input_blocks.0.0.weight"] = torch.randn(8, 4, 3, 3).half()
         state["first_stage_model.decoder.conv_in.weight"] = torch.randn(8, 4, 3, 3).half()
-        return _save_safetensors(state, folder / "unclip_bundle.safetensors")
+        return save_safetensors(state, folder / "unclip_bundle.safetensors")
     state = open_clip_state(model, vision)
     if fmt in ("open_clip", "open_clip_folder"):
-        path = _save_safetensors(state, folder / "open_clip_model.safetensors")
+        path = save_safetensors(state, folder / "open_clip_model.safetensors")
         (folder / "open_clip_config.json").write_text(json.dumps({
             "model_cfg": open_clip_config(vision),
             "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},

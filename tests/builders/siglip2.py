@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from ._files import save_safetensors, save_vision_model
+
 FORMATS = ("hub", "sharded", "vision", "open_clip", "open_clip_bin", "open_clip_folder", "timm")
 IMAGE_SIZE = 384
 PATCH = 56
@@ -171,14 +173,6 @@ def open_clip_state(model) -> dict[str, torch.Tensor]:
     return {key: value.detach().contiguous() for key, value in clip.state_dict().items()}
 
 
-def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> Path:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({key: value.contiguous() for key, value in state.items()}, str(path), metadata={"format": "pt"})
-    return path
-
-
 def write_open_clip_config(folder: Path) -> None:
     (folder / "open_clip_config.json").write_text(json.dumps({
         "model_cfg": OPEN_CLIP_CONFIG,
@@ -198,13 +192,9 @@ def build(folder: str | Path, fmt: str = "hub", seed: int = 0, vision: dict | No
     if fmt == "vision":
         from transformers import SiglipVisionModel
 
-        vision_model = SiglipVisionModel(model.config.vision_config).eval()
-        # transformers 4 nests the transformer as .vision_model; 5 holds it directly
-        getattr(vision_model, "vision_model", vision_model).load_state_dict(vision_state(model), strict=True)
-        vision_model.save_pretrained(folder)
-        return folder
+        return save_vision_model(SiglipVisionModel, model.config.vision_config, vision_state(model), folder)
     if fmt == "timm":
-        path = _save_safetensors(hf_to_timm(model), folder / "model.safetensors")
+        path = save_safetensors(hf_to_timm(model), folder / "model.safetensors")
         (folder / "config.json").write_text(json.dumps({
             "architecture": register_timm_model(), "num_classes": 0, "num_features": VISION["hidden_size"],
             "global_pool": "map", "pretrained_cfg": {"input_size": [3, COVERED, COVERED]},
@@ -212,7 +202,7 @@ def build(folder: str | Path, fmt: str = "hub", seed: int = 0, vision: dict | No
         return folder
     state = open_clip_state(model)
     if fmt in ("open_clip", "open_clip_folder"):
-        path = _save_safetensors(state, folder / "open_clip_model.safetensors")
+        path = save_safetensors(state, folder / "open_clip_model.safetensors")
         write_open_clip_config(folder)
         return path if fmt == "open_clip" else folder
     folder.mkdir(parents=True, exist_ok=True)
