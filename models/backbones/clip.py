@@ -47,22 +47,21 @@ from pathlib import Path
 import torch
 
 from ..errors import WeightsError
-from .base import Backbone, GradCamLayer
 from .registry import BackboneSpec
 from .vision_checkpoints import (
+    PooledVisionBackbone,
     SingleWeightFile,
-    build_without_init,
+    build_vision_model,
     describe_keys,
     find_prefixes,
-    hf_target,
     layer_indices,
-    loadable,
     open_clip_visual_to_hf,
     open_clip_weight_file,
     read_hf_folder,
     read_open_clip_config,
+    sibling_hf_config,
 )
-from .weight_files import load_strict, read_config
+from .weight_files import read_config
 
 logger = logging.getLogger(__name__)
 
@@ -89,22 +88,10 @@ INSTEAD = (
 )
 
 
-class ClipBackbone(Backbone):
+class ClipBackbone(PooledVisionBackbone):
     """``CLIPVisionModel`` → ``pooler_output`` (post-layernorm CLS, before the projection)."""
 
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-        config = model.config
-        self.feature_dim = int(config.hidden_size)
-        self.grid = int(config.image_size) // int(config.patch_size)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).pooler_output
-
-    def gradcam_layers(self) -> list[GradCamLayer]:
-        layers = hf_target(self.model).encoder.layers
-        return [GradCamLayer(layer, prefix_tokens=1, grid=(self.grid, self.grid)) for layer in layers]
+    prefix_tokens = 1  # CLS
 
 
 def load(path: str, spec: BackboneSpec) -> ClipBackbone:
@@ -113,9 +100,7 @@ def load(path: str, spec: BackboneSpec) -> ClipBackbone:
     config, state = read_weights(source, spec.preprocessing.image_size)
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    model = build_without_init(CLIPVisionModel, CLIPVisionConfig(**config))
-    load_strict(hf_target(model), loadable(state), source)
-    model.float().eval()
+    model = build_vision_model(CLIPVisionModel, CLIPVisionConfig, config, state, source)
     logger.info(
         "loaded CLIP vision model from %s (width %d, %d layers, patch %d)",
         source, config["hidden_size"], config["num_hidden_layers"], config["patch_size"],
@@ -183,11 +168,9 @@ def _read_file(path: Path, image_size: int) -> tuple[dict, dict[str, torch.Tenso
     if prefix:
         logger.info("%s: reading the CLIP vision tower under %r (%s layout)", path, prefix, layout)
     if layout == "hf":
-        sibling = path.parent / "config.json"
-        if sibling.is_file():
-            config = read_config(path.parent)
-            if config.get("model_type") in HF_MODEL_TYPES:
-                return _vision_config(config, path.parent), state
+        config = sibling_hf_config(path, HF_MODEL_TYPES)
+        if config is not None:
+            return _vision_config(config, path.parent), state
         return infer_config(state, image_size, source=path), state
     open_clip_config = read_open_clip_config(path.parent) or {}
     vision_cfg = open_clip_config.get("vision_cfg", {})

@@ -14,7 +14,6 @@ Token layout: ``[CLS, registers (4 for ViT-H/16+), patches (row-major 14x14 at 2
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,17 +21,10 @@ from torch import nn
 from ..errors import WeightsError
 from .base import Backbone, GradCamLayer
 from .registry import BackboneSpec
-from .weight_files import load_strict, read_config, read_safetensors, safetensors_files
+from .vision_checkpoints import build_without_init
+from .weight_files import load_strict, model_folder, parse_config, read_config, read_safetensors, safetensors_files
 
 logger = logging.getLogger(__name__)
-
-
-def _no_init_weights():
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # transformers 4.x
-        from transformers.modeling_utils import no_init_weights
-    return no_init_weights()
 
 
 def _fit_to_module(state: dict[str, torch.Tensor], module: nn.Module) -> dict[str, torch.Tensor]:
@@ -76,21 +68,14 @@ class Dino3Backbone(Backbone):
 def load(path: str, spec: BackboneSpec) -> Dino3Backbone:
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
-    folder = Path(path)
-    if not folder.exists():
-        raise WeightsError(f"{spec.name} weights not found: {folder} (expected {spec.weights_hint})")
-    if not folder.is_dir():
-        raise WeightsError(f"{folder} is a file; {spec.name} expects a folder: {spec.weights_hint}")
+    folder = model_folder(path, spec.name, spec.weights_hint)
     raw = read_config(folder)
     if raw.get("model_type") != "dinov3_vit":
         raise WeightsError(
             f"{folder / 'config.json'}: expected a DINOv3 ViT (model_type 'dinov3_vit'), got model_type "
             f"{raw.get('model_type')!r}; the {spec.name} backbone needs {spec.weights_hint}"
         )
-    try:
-        config = DINOv3ViTConfig.from_dict(raw)
-    except (TypeError, ValueError, KeyError) as error:
-        raise WeightsError(f"{folder / 'config.json'} is not a valid DINOv3 ViT config: {error}") from error
+    config = parse_config(DINOv3ViTConfig, raw, folder / "config.json", "DINOv3 ViT")
     patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
     size = spec.preprocessing.image_size
     if size % patch:
@@ -98,8 +83,7 @@ def load(path: str, spec: BackboneSpec) -> Dino3Backbone:
 
     # File dtype kept: the copy into the float32 module converts tensor by tensor.
     state = read_safetensors(safetensors_files(folder))
-    with _no_init_weights():
-        model = DINOv3ViTModel(config)
+    model = build_without_init(DINOv3ViTModel, config)
     state = _fit_to_module(state, model)
     load_strict(model, state, folder)
 

@@ -52,23 +52,22 @@ from pathlib import Path
 import torch
 
 from ..errors import MissingDependencyError, WeightsError
-from .base import Backbone, GradCamLayer
 from .registry import BackboneSpec
 from .vision_checkpoints import (
     OPEN_CLIP_CONFIG,
+    PooledVisionBackbone,
     SingleWeightFile,
-    build_without_init,
+    build_vision_model,
     describe_keys,
     find_prefixes,
-    hf_target,
     layer_indices,
-    loadable,
     open_clip_weight_file,
     read_hf_folder,
     read_open_clip_config,
+    sibling_hf_config,
     timm_siglip_to_hf,
 )
-from .weight_files import load_strict, read_config
+from .weight_files import read_config
 
 logger = logging.getLogger(__name__)
 
@@ -92,22 +91,10 @@ INSTEAD = (
 )
 
 
-class Siglip2Backbone(Backbone):
+class Siglip2Backbone(PooledVisionBackbone):
     """``SiglipVisionModel`` → ``pooler_output`` (attention-pooled)."""
 
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-        config = model.config
-        self.feature_dim = int(config.hidden_size)
-        self.grid = int(config.image_size) // int(config.patch_size)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).pooler_output
-
-    def gradcam_layers(self) -> list[GradCamLayer]:
-        layers = hf_target(self.model).encoder.layers
-        return [GradCamLayer(layer, prefix_tokens=0, grid=(self.grid, self.grid)) for layer in layers]
+    prefix_tokens = 0  # SigLIP has no CLS token
 
 
 def load(path: str, spec: BackboneSpec) -> Siglip2Backbone:
@@ -116,9 +103,7 @@ def load(path: str, spec: BackboneSpec) -> Siglip2Backbone:
     config, state = read_weights(source, spec.preprocessing.image_size)
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
-    model = build_without_init(SiglipVisionModel, SiglipVisionConfig(**config))
-    load_strict(hf_target(model), loadable(state), source)
-    model.float().eval()
+    model = build_vision_model(SiglipVisionModel, SiglipVisionConfig, config, state, source)
     logger.info(
         "loaded SigLIP vision model from %s (width %d, %d layers, %d heads, patch %d)",
         source, config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"], config["patch_size"],
@@ -208,10 +193,9 @@ def _read_file(path: Path, image_size: int) -> tuple[dict, dict[str, torch.Tenso
     if prefix:
         logger.info("%s: reading the SigLIP vision tower under %r (%s layout)", path, prefix, layout)
     if layout == "hf":
-        if (path.parent / "config.json").is_file():
-            config = read_config(path.parent)
-            if config.get("model_type") in HF_MODEL_TYPES:
-                return _vision_config(config, path.parent), state
+        config = sibling_hf_config(path, HF_MODEL_TYPES)
+        if config is not None:
+            return _vision_config(config, path.parent), state
         heads = _heads(int(state["embeddings.patch_embedding.weight"].shape[0]), None, path)
         return infer_config(state, image_size, heads, source=path), state
     state = timm_siglip_to_hf(state, path)

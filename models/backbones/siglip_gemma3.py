@@ -40,7 +40,16 @@ from torch import nn
 from ..errors import WeightsError
 from .base import Backbone, GradCamLayer
 from .registry import BackboneSpec
-from .weight_files import load_strict, read_config, read_safetensors, safetensors_files, safetensors_keys
+from .vision_checkpoints import build_without_init
+from .weight_files import (
+    load_strict,
+    model_folder,
+    parse_config,
+    read_config,
+    read_safetensors,
+    safetensors_files,
+    safetensors_keys,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,15 +62,6 @@ VISION_PREFIXES = (
 )
 PROJECTOR_PREFIXES = ("model.multi_modal_projector.", "multi_modal_projector.")
 SIGLIP_HEAD = "head."  # attention-pooling head of SiglipVisionModel, unused by Gemma 3
-
-
-def _no_init_weights():
-    """transformers' context that skips random initialisation (every tensor is loaded afterwards)."""
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # transformers 4.x
-        from transformers.modeling_utils import no_init_weights
-    return no_init_weights()
 
 
 def _file_keys(folder: Path) -> dict[str, Path]:
@@ -124,10 +124,7 @@ def _read_gemma3_config(folder: Path, spec: BackboneSpec):
             f"{config_path}: expected a multimodal Gemma 3 config (model_type 'gemma3' with a vision_config), "
             f"got model_type {model_type!r}{hint}; the siglip-gemma3 backbone needs {spec.weights_hint}"
         )
-    try:
-        config = Gemma3Config.from_dict(raw)
-    except (TypeError, ValueError, KeyError) as error:
-        raise WeightsError(f"{config_path} is not a valid Gemma 3 config: {error}") from error
+    config = parse_config(Gemma3Config, raw, config_path, "Gemma 3")
     vision = config.vision_config
     size = spec.preprocessing.image_size
     if vision.image_size != size:
@@ -149,11 +146,7 @@ def load(path: str, spec: BackboneSpec) -> SiglipGemma3Backbone:
     from transformers import SiglipVisionModel
     from transformers.models.gemma3.modeling_gemma3 import Gemma3MultiModalProjector
 
-    folder = Path(path)
-    if not folder.exists():
-        raise WeightsError(f"{spec.name} weights not found: {folder} (expected {spec.weights_hint})")
-    if not folder.is_dir():
-        raise WeightsError(f"{folder} is a file; {spec.name} expects a folder: {spec.weights_hint}")
+    folder = model_folder(path, spec.name, spec.weights_hint)
     config = _read_gemma3_config(folder, spec)
 
     key_files = _file_keys(folder)
@@ -183,8 +176,7 @@ def load(path: str, spec: BackboneSpec) -> SiglipGemma3Backbone:
 
     vision_config = copy.deepcopy(config.vision_config)
     vision_config.vision_use_head = False
-    with _no_init_weights():
-        vision = SiglipVisionModel(vision_config)
+    vision = build_without_init(SiglipVisionModel, vision_config)
     projector = Gemma3MultiModalProjector(config)
     load_strict(vision, _fit_to_module(vision_state, vision), folder)
     load_strict(projector, projector_state, folder)

@@ -14,7 +14,8 @@ timm checkpoints. This module finds the tower in a file, reads only its tensors,
 Converted keys are relative to the vision transformer (``embeddings.*``, ``encoder.*``,
 ``post_layernorm.*``...), the layout of transformers 5's vision models; ``hf_target`` finds the
 module that takes them in either transformers 4 or 5. Keys the converters do not know are kept
-as they are, so that the strict load names them.
+as they are, so that the strict load names them. ``build_vision_model`` then builds the
+transformers model from them and ``PooledVisionBackbone`` wraps it (its ``pooler_output``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,16 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
-from .weight_files import read_safetensors, read_state_dict, safetensors_files, safetensors_keys, strip_prefix
+from .base import Backbone, GradCamLayer
+from .weight_files import (
+    load_strict,
+    read_config,
+    read_safetensors,
+    read_state_dict,
+    safetensors_files,
+    safetensors_keys,
+    strip_prefix,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +180,14 @@ def read_hf_folder(folder: str | os.PathLike, marker: str) -> dict[str, torch.Te
     return strip_prefix(read_safetensors(files, prefixes=prefixes), prefixes[0])
 
 
+def sibling_hf_config(path: Path, model_types: Iterable[str]) -> dict | None:
+    """The Hugging Face ``config.json`` next to a single weight file, if its ``model_type`` is one of ``model_types``."""
+    if not (path.parent / "config.json").is_file():
+        return None
+    config = read_config(path.parent)
+    return config if config.get("model_type") in tuple(model_types) else None
+
+
 def loadable(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Float32 tensors, without the ``position_ids`` buffers transformers recomputes (older
     checkpoints, and ComfyUI files converted from them, carry them)."""
@@ -188,6 +206,37 @@ def build_without_init(model_class, config) -> nn.Module:
         from transformers.modeling_utils import no_init_weights
     with no_init_weights():
         return model_class(config)
+
+
+def build_vision_model(model_class, config_class, config: dict, state: dict[str, torch.Tensor], source) -> nn.Module:
+    """``model_class(config_class(**config))`` (e.g. ``CLIPVisionModel``) holding ``state`` (transformers'
+    vision-transformer keys, strictly loaded; errors name ``source``), float32, in eval mode."""
+    model = build_without_init(model_class, config_class(**config))
+    load_strict(hf_target(model), loadable(state), source)
+    return model.float().eval()
+
+
+class PooledVisionBackbone(Backbone):
+    """A transformers vision model (``CLIPVisionModel``, ``SiglipVisionModel``) → its ``pooler_output``.
+
+    Subclasses set ``prefix_tokens``: the tokens before the patch grid in each encoder layer's output.
+    """
+
+    prefix_tokens = 0
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        config = model.config
+        self.feature_dim = int(config.hidden_size)
+        self.grid = int(config.image_size) // int(config.patch_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).pooler_output
+
+    def gradcam_layers(self) -> list[GradCamLayer]:
+        layers = hf_target(self.model).encoder.layers
+        return [GradCamLayer(layer, prefix_tokens=self.prefix_tokens, grid=(self.grid, self.grid)) for layer in layers]
 
 
 # --------------------------------------------------------------------------------------------

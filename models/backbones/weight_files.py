@@ -21,6 +21,16 @@ from ..errors import WeightsError
 logger = logging.getLogger(__name__)
 
 
+def model_folder(path: str | os.PathLike, backbone: str, expected: str) -> Path:
+    """``path`` as a model folder; a ``WeightsError`` saying what ``backbone`` expects when it is missing or a file."""
+    folder = Path(path)
+    if not folder.exists():
+        raise WeightsError(f"{backbone} weights not found: {folder} (expected {expected})")
+    if not folder.is_dir():
+        raise WeightsError(f"{folder} is a file; {backbone} expects a folder: {expected}")
+    return folder
+
+
 def read_config(folder: str | os.PathLike) -> dict:
     path = Path(folder) / "config.json"
     if not path.is_file():
@@ -29,6 +39,14 @@ def read_config(folder: str | os.PathLike) -> dict:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise WeightsError(f"{path} is not valid JSON: {error}") from error
+
+
+def parse_config(config_class, config: dict, path: str | os.PathLike, what: str):
+    """``config_class.from_dict(config)`` (a transformers config), or a ``WeightsError`` naming ``path``."""
+    try:
+        return config_class.from_dict(config)
+    except (TypeError, ValueError, KeyError) as error:
+        raise WeightsError(f"{path} is not a valid {what} config: {error}") from error
 
 
 def safetensors_files(folder: str | os.PathLike) -> list[Path]:
