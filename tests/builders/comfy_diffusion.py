@@ -123,3 +123,21 @@ def detectable_sd15_unet_state_dict(seed: int = 0, dtype=torch.float16) -> dict[
     model = comfy.model_base.BaseModel(config)
     fill_weights(model.diffusion_model, seed)
     return {k: v.to(dtype).contiguous() for k, v in model.diffusion_model.state_dict().items()}
+
+
+class TinyClip:
+    """Stands in for ComfyUI's CLIP in tests of code that encodes prompts: each text maps to its own
+    fixed random conditioning (``[1, 7, context_dim]``, seeded by the text), like a frozen encoder."""
+
+    def __init__(self, context_dim: int = TINY_CONTEXT, tokens: int = 7):
+        self.context_dim = context_dim
+        self.tokens = tokens
+
+    def tokenize(self, text: str):
+        return text
+
+    def encode_from_tokens_scheduled(self, tokens):
+        import zlib
+
+        generator = torch.Generator().manual_seed(zlib.crc32(tokens.encode("utf-8")))
+        return [[torch.randn(1, self.tokens, self.context_dim, generator=generator), {}]]
