@@ -45,6 +45,26 @@ def test_jsonl_labels_map_a_b_tie_and_the_last_record_wins(pairs_dir):
     assert pair_set.sources[0].kind == "jsonl"
 
 
+def test_the_labeller_and_the_dataset_read_labels_files_by_the_same_rules(tmp_path):
+    """``creward train label``'s reader and the pair datasets share one reader: newest record per
+    pair wins; blank lines, non-records (a bool pair, an unknown status) and a truncated line are skipped."""
+    from creward.train.label import read_labels
+    from creward.train.pair_files import read_label_records
+
+    path = tmp_path / "labels.jsonl"
+    lines = [
+        {"pair": 0, "status": "ok", "labels": {"geometry": "A"}},
+        {"pair": 1, "status": "malformed", "labels": None},
+        {"pair": True, "status": "ok"},
+        {"pair": 2, "status": "maybe"},
+        {"pair": 0, "status": "ok", "labels": {"geometry": "B"}},
+    ]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + '\n\n["not", "a record"]\n{"pair": 3, "sta')
+    records, skipped = read_label_records(path)
+    assert sorted(records) == [0, 1] and records[0]["labels"] == {"geometry": "B"}
+    assert skipped == 4
+    assert read_labels(path) == records
+
 def test_malformed_and_missing_records_are_left_out_and_counted(pairs_dir, caplog):
     folder, labels = pairs_dir
     path = write_jsonl(folder / "labels.jsonl", labels[:5], malformed={1})

@@ -48,7 +48,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -58,14 +57,13 @@ from typing import Any
 
 from ..models.axes import AXES
 from ..models.errors import CREwardError
+from .arguments import positive_int
 from .label_prompt import build_messages, parse_answer
 from .lvlm_client import API_KEY_ENVS, ENDPOINT_ENV, MODEL_ENV, ChatClient, LVLMStopped, image_data_url, resolve_settings
+from .pair_files import STATUSES, PairImages, find_pair_images, parse_label_lines, read_label_records
 
 logger = logging.getLogger(__name__)
 
-PAIR_FILE = re.compile(r"^pair_(\d+)_([01])\.(png|jpg|jpeg|webp)$", re.IGNORECASE)
-EXPECTED_NAMES = "pair_{idx:04d}_0.png and pair_{idx:04d}_1.png (e.g. pair_0000_0.png, pair_0000_1.png)"
-STATUSES = ("ok", "malformed")
 _FLIP = {"A": "B", "B": "A", "tie": "tie"}
 
 
@@ -73,58 +71,10 @@ class LabelError(CREwardError):
     """The pairs folder or the labels file is not usable, or labelling stopped on an error."""
 
 
-@dataclass(frozen=True)
-class Pair:
-    """One pair of images to compare; ``index`` is the idx in ``pair_{idx:04d}_{0,1}.png``."""
-
-    index: int
-    image_0: Path
-    image_1: Path
-
-
-def find_pairs(pairs_dir: str | os.PathLike) -> list[Pair]:
+def find_pairs(pairs_dir: str | os.PathLike) -> list[PairImages]:
     """Every complete pair in ``pairs_dir``, by index; raises :class:`LabelError` if there are
     none, or if an image lacks its partner (the message names the missing file)."""
-    folder = Path(pairs_dir)
-    if not folder.is_dir():
-        what = "is not a directory" if folder.exists() else "does not exist"
-        raise LabelError(f"pairs directory {folder} {what}; expected a folder of images named {EXPECTED_NAMES}")
-    halves: dict[int, dict[int, Path]] = {}
-    stems: dict[int, tuple[str, str]] = {}  # idx -> (digits as written, extension), to name a missing partner
-    for path in folder.iterdir():
-        match = PAIR_FILE.match(path.name)
-        if match and path.is_file():
-            index, side = int(match.group(1)), int(match.group(2))
-            if side in halves.get(index, {}):
-                raise LabelError(
-                    f"{folder}: two images for pair {index} side {side}: {halves[index][side].name} and {path.name}; "
-                    "expected exactly one"
-                )
-            halves.setdefault(index, {})[side] = path
-            stems.setdefault(index, (match.group(1), match.group(3)))
-    if not halves:
-        raise LabelError(f"no pairs found in {folder}; expected images named {EXPECTED_NAMES}")
-    missing = [
-        folder / f"pair_{stems[index][0]}_{side}.{stems[index][1]}"
-        for index, sides in sorted(halves.items())
-        for side in (0, 1)
-        if side not in sides
-    ]
-    if missing:
-        shown = ", ".join(str(path) for path in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise LabelError(f"{len(missing)} pair image(s) missing their partner in {folder}: {shown} not found")
-    return [Pair(index, sides[0], sides[1]) for index, sides in sorted(halves.items())]
-
-
-def _parse_record(line: bytes | str) -> dict[str, Any] | None:
-    """A label record from one line, or None if the line is not one."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("pair"), int) or record.get("status") not in STATUSES:
-        return None
-    return record
+    return find_pair_images(pairs_dir, LabelError)
 
 
 def read_labels(path: str | os.PathLike) -> dict[int, dict[str, Any]]:
@@ -132,16 +82,7 @@ def read_labels(path: str | os.PathLike) -> dict[int, dict[str, Any]]:
 
     Read-only: lines that are not valid records (e.g. a truncated last line) are skipped.
     """
-    records: dict[int, dict[str, Any]] = {}
-    try:
-        with open(path, "rb") as handle:
-            for line in handle:
-                record = _parse_record(line)
-                if record is not None:
-                    records[record["pair"]] = record
-    except OSError as error:
-        raise LabelError(f"cannot read labels file {path}: {error.strerror or error}") from None
-    return records
+    return read_label_records(path, LabelError)[0]
 
 
 class LabelStore:
@@ -175,15 +116,7 @@ class LabelStore:
             except OSError as error:
                 raise LabelError(f"cannot repair labels file {self.path}: {error.strerror or error}") from None
             data = data[:keep]
-        bad = 0
-        for line in data.splitlines():
-            if not line.strip():
-                continue
-            record = _parse_record(line)
-            if record is None:
-                bad += 1
-            else:
-                self.records[record["pair"]] = record
+        self.records, bad = parse_label_lines(data.splitlines())
         if bad:
             logger.warning("%s: ignored %d line(s) that are not label records", self.path, bad)
 
@@ -235,7 +168,7 @@ def combine_orders(ab: dict[str, str], ba: dict[str, str]) -> tuple[dict[str, st
     return labels, inconsistent
 
 
-def make_record(pair: Pair, answer_ab: str, answer_ba: str, model: str, subject: str | None = None) -> dict[str, Any]:
+def make_record(pair: PairImages, answer_ab: str, answer_ba: str, model: str, subject: str | None = None) -> dict[str, Any]:
     """The JSONL record of a pair from the two raw answers (see the module docstring)."""
     ab, ba = parse_answer(answer_ab), parse_answer(answer_ba)
     if ab is None or ba is None:
@@ -377,7 +310,7 @@ def label_pairs(
     )
     run = _Run(client, max_requests, max_tokens_total)
 
-    def work(pair: Pair) -> tuple[str, dict[str, Any] | None]:
+    def work(pair: PairImages) -> tuple[str, dict[str, Any] | None]:
         if not run.reserve_pair():
             return "not_started", None
         try:
@@ -450,16 +383,6 @@ def label_pairs(
     return summary
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "label",
@@ -478,10 +401,10 @@ def register(subparsers) -> None:
         help=f"API key (default: ${API_KEY_ENVS[0]} or ${API_KEY_ENVS[1]}; "
         "prefer the environment: a flag is visible to other users)")
     add("--subject", metavar="NAME", help="what the images show, e.g. chair (named in the question)")
-    add("--concurrency", type=_positive_int, default=4, metavar="N", help="requests in flight at once (default 4)")
-    add("--max-requests", type=_positive_int, metavar="N",
+    add("--concurrency", type=positive_int, default=4, metavar="N", help="requests in flight at once (default 4)")
+    add("--max-requests", type=positive_int, metavar="N",
         help="stop after N chat requests (2 per pair; retries not counted)")
-    add("--max-tokens-total", type=_positive_int, metavar="N",
+    add("--max-tokens-total", type=positive_int, metavar="N",
         help="stop starting pairs once the tokens the server reports reach N")
     add("--retry-malformed", action="store_true", help="ask again the pairs recorded as malformed (the new record wins)")
     add("--timeout", type=float, default=120.0, metavar="S", help="per-request timeout in seconds (default 120)")

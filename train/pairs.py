@@ -44,21 +44,20 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..models.axes import AXES
 from ..models.errors import CREwardError
+from . import pair_files
+from .pair_files import PAIR_IMAGE, PairImages, read_label_records, some
 
 logger = logging.getLogger(__name__)
 
-PAIR_IMAGE = re.compile(r"^pair_(\d+)_([01])\.(png|jpg|jpeg|webp)$", re.IGNORECASE)
-EXPECTED_NAMES = "pair_{idx:04d}_0.png and pair_{idx:04d}_1.png"
 JSONL_LETTERS = {"A": 1, "B": -1, "tie": 0}
 ENCODINGS = ("auto", "index", "signed")
 ARRAY_SUFFIXES = (".npy", ".json")
@@ -71,46 +70,13 @@ class PairDataError(CREwardError):
 
 
 # -- images ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PairImages:
-    """One pair's two image files; ``index`` is the idx in ``pair_{idx:04d}_{0,1}``."""
-
-    index: int
-    image_0: Path
-    image_1: Path
-
-
 def find_pair_images(pairs_dir: str | os.PathLike) -> list[PairImages]:
     """Every pair in ``pairs_dir`` sorted by idx (CreBench's file order).
 
     Raises :class:`PairDataError` when the folder is missing, holds no pairs, or an image lacks
     its partner (naming the missing file).
     """
-    folder = Path(pairs_dir)
-    if not folder.is_dir():
-        what = "is not a folder" if folder.exists() else "does not exist"
-        raise PairDataError(f"pairs folder {folder} {what}; expected a folder of images named {EXPECTED_NAMES}")
-    halves: dict[int, dict[int, Path]] = {}
-    stems: dict[int, tuple[str, str]] = {}
-    for path in folder.iterdir():
-        match = PAIR_IMAGE.match(path.name)
-        if match and path.is_file():
-            index, side = int(match.group(1)), int(match.group(2))
-            if side in halves.get(index, {}):
-                raise PairDataError(f"{folder}: two images for pair {index} side {side}: {halves[index][side].name} and {path.name}")
-            halves.setdefault(index, {})[side] = path
-            stems.setdefault(index, (match.group(1), match.group(3)))
-    if not halves:
-        raise PairDataError(f"no pair images in {folder}; expected images named {EXPECTED_NAMES}")
-    missing = [
-        folder / f"pair_{stems[index][0]}_{side}.{stems[index][1]}"
-        for index, sides in sorted(halves.items())
-        for side in (0, 1)
-        if side not in sides
-    ]
-    if missing:
-        raise PairDataError(f"{len(missing)} pair image(s) missing in {folder}: {_some(missing)} not found (each pair needs _0 and _1)")
-    return [PairImages(index, sides[0], sides[1]) for index, sides in sorted(halves.items())]
+    return pair_files.find_pair_images(pairs_dir, PairDataError)
 
 
 # -- the dataset ---------------------------------------------------------------------------
@@ -199,36 +165,6 @@ class PairSet:
 
 
 # -- reading labels ------------------------------------------------------------------------
-def read_jsonl_records(path: str | os.PathLike) -> tuple[dict[int, dict], int]:
-    """The records of a labels JSONL by pair idx (the last record of a pair wins), and how many
-    lines were not records (skipped, e.g. a truncated last line)."""
-    path = Path(path)
-    records: dict[int, dict] = {}
-    skipped = 0
-    try:
-        with open(path, "rb") as handle:
-            for line in handle:
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    skipped += 1
-                    continue
-                if (
-                    not isinstance(record, dict)
-                    or not isinstance(record.get("pair"), int)
-                    or isinstance(record.get("pair"), bool)
-                    or record.get("status") not in ("ok", "malformed")
-                ):
-                    skipped += 1
-                    continue
-                records[record["pair"]] = record
-    except OSError as error:
-        raise PairDataError(f"cannot read labels file {path}: {error.strerror or error}") from None
-    return records, skipped
-
-
 def _jsonl_labels(record: dict, path: Path, axes: tuple[str, ...]) -> np.ndarray | None:
     """A record's labels as +1/-1/0, None when it has none (malformed); errors on bad values."""
     labels = record.get("labels")
@@ -248,7 +184,7 @@ def _jsonl_labels(record: dict, path: Path, axes: tuple[str, ...]) -> np.ndarray
 def _load_jsonl_folder(pairs_dir: Path, labels_path: Path, axes: tuple[str, ...]):
     pairs = find_pair_images(pairs_dir)
     position_of = {pair.index: position for position, pair in enumerate(pairs)}
-    records, skipped = read_jsonl_records(labels_path)
+    records, skipped = read_label_records(labels_path, PairDataError)
     if skipped:
         logger.warning("%s: skipped %d line(s) that are not label records", labels_path, skipped)
     if not records:
@@ -268,7 +204,7 @@ def _load_jsonl_folder(pairs_dir: Path, labels_path: Path, axes: tuple[str, ...]
             continue
         rows.append((index, paths[0], paths[1], labels, position_of.get(index, len(pairs) + index)))
     if missing:
-        raise PairDataError(f"{labels_path} labels {len(missing)} image(s) that are not in {pairs_dir}: {_some(missing)} not found")
+        raise PairDataError(f"{labels_path} labels {len(missing)} image(s) that are not in {pairs_dir}: {some(missing)} not found")
     if malformed:
         logger.warning("%s: %d pair(s) have no usable labels (malformed answers) and are left out", labels_path, malformed)
     labelled = {row[0] for row in rows}
@@ -599,9 +535,3 @@ def _place_png(source: Path, target: Path, link: bool) -> None:
             image.save(target, format="PNG")
     except OSError as error:
         raise PairDataError(f"cannot convert {source} to PNG for {target}: {error}") from None
-
-
-def _some(paths: Iterable, limit: int = 5) -> str:
-    paths = [str(path) for path in paths]
-    shown = ", ".join(paths[:limit])
-    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
