@@ -41,6 +41,7 @@ from typing import Sequence
 import torch
 
 from ..models.errors import CREwardError, ImageError, WeightsError
+from .arguments import positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -454,21 +455,11 @@ def add_backbone_arguments(parser: argparse.ArgumentParser, backbone_required: b
         "--cache", metavar="DIR", required=cache_required,
         help="feature cache folder" + ("" if cache_required else f" (default: ${CACHE_DIR_ENV} or ~/.cache/creward, then /features/<backbone>-<weights id>)"),
     )
-    group.add_argument("--batch-size", type=_positive_int, default=8, metavar="N", help="images per backbone forward (default 8)")
+    group.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="images per backbone forward (default 8)")
     group.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N, mps (default auto)")
     group.add_argument("--dtype", default="fp32", choices=["auto", "fp32", "fp16", "bf16"], help="backbone precision for features (default fp32)")
     group.add_argument("--workers", type=int, default=2, metavar="N", help="image decoding threads (default 2)")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
 
 
 def register(subparsers) -> None:
@@ -480,7 +471,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("pairs_dirs", nargs="+", metavar="PAIRS_DIR", help="folders of pair_{idx:04d}_0.png / pair_{idx:04d}_1.png")
     add_backbone_arguments(parser, cache_required=True)
-    parser.add_argument("--shard-size", type=_positive_int, default=1024, metavar="N", help="features per shard file, i.e. how often progress is saved (default 1024)")
+    parser.add_argument("--shard-size", type=positive_int, default=1024, metavar="N", help="features per shard file, i.e. how often progress is saved (default 1024)")
     parser.set_defaults(func=_run)
 
 
