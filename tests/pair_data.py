@@ -10,18 +10,41 @@ Two kinds:
   size of a square, material = its brightness, texture = the number of stripes across it;
   overall = the majority of the three. Written as ``pair_{idx:04d}_{0,1}.png`` with a labels
   JSONL in ``creward train label``'s format and/or CreBench arrays.
+
+Also :func:`one_torch_thread` and the autouse ``one_thread`` fixture (a test module imports it
+to run its tests with one torch thread).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 AXES = ("geometry", "material", "texture", "overall")
 LETTER = {1: "A", -1: "B", 0: "tie"}
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Tiny matrices: one thread is faster, and immune to a busy shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test of a module that imports this fixture runs with one torch thread."""
+    with one_torch_thread():
+        yield
 
 
 def _labels_from_latents(latent_0: torch.Tensor, latent_1: torch.Tensor, tie_margin: float, noise: float, generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,39 +12,29 @@ from creward.train.features import FeatureCache, cache_features
 from creward.train.pairs import encode_labels, load_pair_set, write_crebench
 from builders import clip
 from builders.toy import ToyBackbone
-from pair_data import render_pairs
+from pair_data import one_thread, one_torch_thread, render_pairs  # noqa: F401 (one_thread: autouse fixture)
 
 pytestmark = pytest.mark.unit
 
 AXES = ("geometry", "material", "texture", "overall")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Tiny CLIP weights, 200 training pairs (10% label noise), 60 test pairs, features cached,
     and a head trained through the CLI."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("train_cli")
-    weights = clip.build(root / "clip", "hub")
-    render_pairs(root / "train", pairs=200, seed=0, noise=0.1)
-    _, test_labels, _ = render_pairs(root / "test", pairs=60, seed=10)
-    common = ["--backbone", "clip", "--backbone-weights", str(weights), "--cache", str(root / "cache"), "--device", "cpu"]
-    space = {"root": root, "weights": weights, "common": common, "test_labels": test_labels}
-    space["features_rc"] = main(["train", "features", str(root / "train"), str(root / "test"), *common, "--batch-size", "16"])
-    space["fit_rc"] = main([
-        "train", "fit", str(root / "train"), "--labels", str(root / "train" / "labels.jsonl"), *common,
-        "-o", str(root / "head.safetensors"), "--epochs", "40", "--lr", "1e-3", "--patience", "0", "--seed", "0",
-    ])
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        weights = clip.build(root / "clip", "hub")
+        render_pairs(root / "train", pairs=200, seed=0, noise=0.1)
+        _, test_labels, _ = render_pairs(root / "test", pairs=60, seed=10)
+        common = ["--backbone", "clip", "--backbone-weights", str(weights), "--cache", str(root / "cache"), "--device", "cpu"]
+        space = {"root": root, "weights": weights, "common": common, "test_labels": test_labels}
+        space["features_rc"] = main(["train", "features", str(root / "train"), str(root / "test"), *common, "--batch-size", "16"])
+        space["fit_rc"] = main([
+            "train", "fit", str(root / "train"), "--labels", str(root / "train" / "labels.jsonl"), *common,
+            "-o", str(root / "head.safetensors"), "--epochs", "40", "--lr", "1e-3", "--patience", "0", "--seed", "0",
+        ])
     return space
 
 

@@ -11,18 +11,9 @@ from creward.models.file_scoring import load_preprocessed
 from creward.models.backbones.registry import get_spec
 from creward.train.features import FeatureCache, FeatureCacheError, cache_features, file_sha256, weights_identity
 from builders.toy import ToyBackbone
-from pair_data import render_pairs
+from pair_data import one_thread, render_pairs  # noqa: F401 (one_thread: autouse fixture)
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matrices: one thread is faster, and immune to a busy shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class CountingBackbone(ToyBackbone):

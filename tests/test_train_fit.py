@@ -10,19 +10,11 @@ from creward.models.head import load_head
 from creward.models.model import CREward
 from creward.train.fit import FitConfig, FitError, PairFeatures, fit_head, pair_metrics, pairwise_losses, score_pairs
 from builders.toy import ToyBackbone
-from pair_data import synthetic_pair_features
+from pair_data import one_thread, synthetic_pair_features  # noqa: F401 (one_thread: autouse fixture)
 
 pytestmark = pytest.mark.unit
 
 FAST = dict(lr=1e-3, batch_size=64)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
