@@ -3,6 +3,9 @@
 Node ids (the keys below) and their input names are a public API: saved workflows refer to them.
 """
 
+from .acquire_samples import CREwardAcquireSamples
+from .creative_lora_apply import CREwardCreativeLoRA
+from .creative_lora_train import CREwardTrainCreativeLoRA
 from .explain import CREwardExplain
 from .loader import CREwardLoader
 from .model_folders import register_model_folders
@@ -19,6 +22,9 @@ NODE_CLASS_MAPPINGS = {
     "CREwardSelectBest": CREwardSelectBest,
     "CREwardPlotScores": CREwardPlotScores,
     "CREwardExplain": CREwardExplain,
+    "CREwardTrainCreativeLoRA": CREwardTrainCreativeLoRA,
+    "CREwardCreativeLoRA": CREwardCreativeLoRA,
+    "CREwardAcquireSamples": CREwardAcquireSamples,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "CREwardLoader": "CREward Loader",
@@ -27,4 +33,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "CREwardSelectBest": "CREward Select Best",
     "CREwardPlotScores": "CREward Plot Scores",
     "CREwardExplain": "CREward Explain (Grad-CAM)",
+    "CREwardTrainCreativeLoRA": "CREward Train Creative LoRA",
+    "CREwardCreativeLoRA": "CREward Creative LoRA (axis sliders)",
+    "CREwardAcquireSamples": "CREward Acquire Creative Samples",
 }
