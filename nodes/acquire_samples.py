@@ -46,7 +46,7 @@ class CREwardAcquireSamples:
                 "samples_per_prompt": ("INT", {"default": 16, "min": 1, "max": 4096, "tooltip": "Samples generated per prompt."}),
                 "top_k": ("INT", {"default": 4, "min": 0, "max": 256, "tooltip": "Most creative samples kept per prompt and axis."}),
                 "bottom_k": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "Least creative samples kept too (0 = none)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "Sample j of prompt p uses seed + p * samples_per_prompt + j (remake it with a KSampler)."}),
                 "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
                 "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1}),

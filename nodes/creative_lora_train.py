@@ -70,7 +70,7 @@ class CREwardTrainCreativeLoRA:
                                             "tooltip": "AdamW learning rate."}),
                 "steps": ("INT", {"default": 200, "min": 1, "max": 100000, "tooltip": "Training (optimiser) steps."}),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Samples per step."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "Seeds the LoRA initialisation, the training pool and every step's noise."}),
                 "width": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8,
                                   "tooltip": "Width of the training images (pool samples)."}),
