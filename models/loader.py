@@ -57,9 +57,11 @@ def load(
         )
     spec = get_spec(info.backbone)
     weights_path = find_backbone_weights(spec.name, backbone_weights)
-    logger.info("loading backbone %s from %s", spec.name, weights_path)
-    backbone_module = load_backbone(spec.name, weights_path)
-    model = CREward(backbone_module, head_module, info, spec, backbone_source=str(weights_path))
     resolved_device = resolve_device(device)
-    model.place(resolved_device, resolve_dtype(dtype if dtype is not None else "fp32", resolved_device))
+    resolved_dtype = resolve_dtype(dtype if dtype is not None else "fp32", resolved_device)
+    logger.info("loading backbone %s from %s (%s)", spec.name, weights_path, str(resolved_dtype).replace("torch.", ""))
+    # Built directly in its compute dtype: a bf16 checkpoint run in bf16 never has a float32 copy.
+    backbone_module = load_backbone(spec.name, weights_path, dtype=resolved_dtype)
+    model = CREward(backbone_module, head_module, info, spec, backbone_source=str(weights_path))
+    model.place(resolved_device, resolved_dtype)
     return model

@@ -69,3 +69,44 @@ def test_score_files_keeps_order_and_skips_corrupt_files(tmp_path):
     expected = model.score([__import__("creward.models.preprocess", fromlist=["x"]).load_image(images[i]) for i in (0, 1, 3, 4)])
     got = torch.tensor([[r.scores[a] for a in model.axes] for r in good])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "backbone, file_dtype",
+    [("clip", None), ("siglip2", None), ("siglip-gemma3", None), ("siglip-gemma3", torch.bfloat16), ("dino3", None), ("vgg16", None)],
+    ids=["clip", "siglip2", "siglip-gemma3", "siglip-gemma3-bf16-files", "dino3", "vgg16"],
+)
+def test_bf16_load_builds_the_backbone_in_bf16_and_scores_near_the_official_fp32(tmp_path, monkeypatch, backbone, file_dtype):
+    """``load(dtype="bf16")`` builds the backbone directly in bf16 (no float32 module first, then a cast)
+    and scores close to the official float32 path (loose: bf16 keeps ~3 significant digits)."""
+    import creward.models
+    from creward.models import loader
+    from creward.models.backbones.registry import load_backbone
+    from creward.models.preprocess import load_image
+    from builders import build_backbone_weights
+    from builders import siglip_gemma3 as gemma_builder
+    from official_reference import official_head, official_scores, save_official_checkpoint, write_images
+
+    if file_dtype is None:
+        weights = build_backbone_weights(backbone, tmp_path / "backbone")
+    else:  # the Hub's gemma-3-4b-it files are bf16
+        weights = gemma_builder.build(tmp_path / "backbone", "hub", dtype=file_dtype)
+    head = official_head(load_backbone(backbone, weights).feature_dim)
+    checkpoint = save_official_checkpoint(head, tmp_path / "reward_head_best.ckpt")
+    paths = write_images(tmp_path, sizes=((320, 240), (100, 150)))
+
+    built = []
+
+    def spy(name, path, dtype=None):
+        module = load_backbone(name, path, dtype=dtype)
+        built.append({tensor.dtype for tensor in [*module.parameters(), *module.buffers()] if tensor.is_floating_point()})
+        return module
+
+    monkeypatch.setattr(loader, "load_backbone", spy)
+    model = creward.models.load(head=checkpoint, backbone=backbone, backbone_weights=weights, dtype="bf16")
+    assert built == [{torch.bfloat16}]  # as load_backbone returned it, before CREward.place
+    assert model.dtype == torch.bfloat16 and {p.dtype for p in model.head.parameters()} == {torch.float32}
+    got = model.score([load_image(path) for path in paths])
+    expected = official_scores(backbone, weights, head, paths)
+    assert got.dtype == torch.float32 and not torch.allclose(expected[0], expected[1])
+    torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)

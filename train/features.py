@@ -396,7 +396,7 @@ def cache_features(
         if backbone_weights is None:
             raise WeightsError(f"{len(todo)} image(s) are not in {cache.folder} and no {spec.name!r} backbone weights were given to compute them")
         logger.info("loading backbone %s from %s", spec.name, backbone_weights)
-        backbone_module = load_backbone(spec.name, backbone_weights)
+        backbone_module = load_backbone(spec.name, backbone_weights, dtype=compute_dtype)  # built in its compute dtype
     backbone_module = backbone_module.to(device=resolved_device, dtype=compute_dtype).eval()
 
     pending: dict[str, torch.Tensor] = {}

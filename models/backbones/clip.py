@@ -94,13 +94,13 @@ class ClipBackbone(PooledVisionBackbone):
     prefix_tokens = 1  # CLS
 
 
-def load(path: str, spec: BackboneSpec) -> ClipBackbone:
-    """Build the CLIP backbone from ``path`` (folder or file, see the module docstring)."""
+def load(path: str, spec: BackboneSpec, dtype: torch.dtype | None = None) -> ClipBackbone:
+    """Build the CLIP backbone from ``path`` (folder or file, see the module docstring) in ``dtype`` (default float32)."""
     source = Path(path)
     config, state = read_weights(source, spec.preprocessing.image_size)
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    model = build_vision_model(CLIPVisionModel, CLIPVisionConfig, config, state, source)
+    model = build_vision_model(CLIPVisionModel, CLIPVisionConfig, config, state, source, dtype or torch.float32)
     logger.info(
         "loaded CLIP vision model from %s (width %d, %d layers, patch %d)",
         source, config["hidden_size"], config["num_hidden_layers"], config["patch_size"],

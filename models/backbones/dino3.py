@@ -65,7 +65,8 @@ class Dino3Backbone(Backbone):
         return [GradCamLayer(block, prefix_tokens=prefix, grid=self.grid) for block in self._blocks()]
 
 
-def load(path: str, spec: BackboneSpec) -> Dino3Backbone:
+def load(path: str, spec: BackboneSpec, dtype: torch.dtype | None = None) -> Dino3Backbone:
+    """Build the DINOv3 backbone from a Hugging Face folder, in ``dtype`` (default float32)."""
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
     folder = model_folder(path, spec.name, spec.weights_hint)
@@ -81,11 +82,13 @@ def load(path: str, spec: BackboneSpec) -> Dino3Backbone:
     if size % patch:
         raise WeightsError(f"{folder / 'config.json'}: patch_size {patch} does not divide the {size}-pixel input")
 
-    # File dtype kept: the copy into the float32 module converts tensor by tensor.
+    # File dtype kept: the copy into the module (built in ``dtype``) converts tensor by tensor.
+    dtype = dtype or torch.float32
     state = read_safetensors(safetensors_files(folder))
-    model = build_without_init(DINOv3ViTModel, config)
+    model = build_without_init(DINOv3ViTModel, config, dtype)
     state = _fit_to_module(state, model)
     load_strict(model, state, folder)
+    model.to(dtype)  # also the buffers transformers computes in float32 (RoPE)
 
     if "norm.weight" not in state or "embeddings.cls_token" not in state:
         raise WeightsError(f"{folder}: no final norm / CLS token tensors; not a DINOv3ViTModel checkpoint")

@@ -133,7 +133,9 @@ class DreamSimBackbone(Backbone):
         return layers
 
 
-def load(path: str, spec: BackboneSpec) -> DreamSimBackbone:
+def load(path: str, spec: BackboneSpec, dtype: torch.dtype | None = None) -> DreamSimBackbone:
+    """Build DreamSim from its cache folder; DreamSim builds its models in float32 itself, so
+    another ``dtype`` is a conversion after loading."""
     package = _import_dreamsim()
     folder = Path(path)
     if not folder.is_dir():
@@ -150,9 +152,10 @@ def load(path: str, spec: BackboneSpec) -> DreamSimBackbone:
     logger.info("loading DreamSim (ensemble) from %s", folder)
     with _offline_torch_hub(folder):
         model, _ = package.dreamsim(pretrained=True, device="cpu", cache_dir=str(folder))
-    backbone = DreamSimBackbone(model)
+    dtype = dtype or torch.float32
+    backbone = DreamSimBackbone(model).to(dtype)
     with torch.no_grad():
         size = spec.preprocessing.image_size
-        backbone.feature_dim = int(backbone.eval()(torch.zeros(1, 3, size, size)).shape[-1])
+        backbone.feature_dim = int(backbone.eval()(torch.zeros(1, 3, size, size, dtype=dtype)).shape[-1])
     logger.info("loaded %s from %s: %d-wide features", spec.name, folder, backbone.feature_dim)
     return backbone

@@ -1,7 +1,7 @@
 """The one table of CREward backbones: architecture, preprocessing and where weights come from.
 
 Adding a backbone is adding one ``BackboneSpec`` here and one module in this package with
-``load(path, spec) -> Backbone``. Feature widths in this table are the official models' widths,
+``load(path, spec, dtype=None) -> Backbone`` (built in ``dtype``, float32 when None). Feature widths in this table are the official models' widths,
 for documentation only: the loaders always read the width from the weights.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
+
+import torch
 
 from ..errors import CREwardError
 from ..preprocess import Preprocessing
@@ -28,7 +30,7 @@ class BackboneSpec:
     preprocessing: Preprocessing
     feature: str  # which output is pooled into the feature vector
     official_feature_dim: int
-    module: str  # module in this package with ``load(path, spec) -> Backbone``
+    module: str  # module in this package with ``load(path, spec, dtype=None) -> Backbone``
     weights_hint: str  # what a user has to provide, in words
     hf_repo: str | None = None  # where `creward download` fetches the backbone
     download_url: str | None = None  # for single files outside the Hub
@@ -125,10 +127,12 @@ def get_spec(name: str) -> BackboneSpec:
         raise CREwardError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}") from None
 
 
-def load_backbone(name: str, weights: str | os.PathLike):
-    """Build backbone ``name`` from local ``weights`` (file or folder) on CPU, frozen, fp32."""
+def load_backbone(name: str, weights: str | os.PathLike, dtype: torch.dtype | None = None):
+    """Build backbone ``name`` from local ``weights`` (file or folder) on CPU, frozen, in ``dtype``
+    (default float32). The module is built in ``dtype`` and the tensors are converted as they are
+    copied in, so a bf16 checkpoint loaded for bf16 compute never has a float32 copy."""
     spec = get_spec(name)
     module = importlib.import_module(f"{__package__}.{spec.module}")
-    backbone = module.load(os.fspath(weights), spec)
+    backbone = module.load(os.fspath(weights), spec, dtype=dtype)
     backbone.name = spec.name
     return backbone.freeze()

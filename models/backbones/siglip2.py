@@ -97,13 +97,13 @@ class Siglip2Backbone(PooledVisionBackbone):
     prefix_tokens = 0  # SigLIP has no CLS token
 
 
-def load(path: str, spec: BackboneSpec) -> Siglip2Backbone:
-    """Build the SigLIP2 backbone from ``path`` (folder or file, see the module docstring)."""
+def load(path: str, spec: BackboneSpec, dtype: torch.dtype | None = None) -> Siglip2Backbone:
+    """Build the SigLIP2 backbone from ``path`` (folder or file, see the module docstring) in ``dtype`` (default float32)."""
     source = Path(path)
     config, state = read_weights(source, spec.preprocessing.image_size)
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
-    model = build_vision_model(SiglipVisionModel, SiglipVisionConfig, config, state, source)
+    model = build_vision_model(SiglipVisionModel, SiglipVisionConfig, config, state, source, dtype or torch.float32)
     logger.info(
         "loaded SigLIP vision model from %s (width %d, %d layers, %d heads, patch %d)",
         source, config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"], config["patch_size"],

@@ -40,7 +40,7 @@ from torch import nn
 from ..errors import WeightsError
 from .base import Backbone, GradCamLayer
 from .registry import BackboneSpec
-from .vision_checkpoints import build_without_init
+from .vision_checkpoints import build_without_init, default_dtype
 from .weight_files import (
     load_strict,
     model_folder,
@@ -141,8 +141,9 @@ def _read_gemma3_config(folder: Path, spec: BackboneSpec):
     return config
 
 
-def load(path: str, spec: BackboneSpec) -> SiglipGemma3Backbone:
-    """Build the vision tower + projector from a gemma-3 folder, reading only their tensors."""
+def load(path: str, spec: BackboneSpec, dtype: torch.dtype | None = None) -> SiglipGemma3Backbone:
+    """Build the vision tower + projector from a gemma-3 folder in ``dtype`` (default float32), reading
+    only their tensors."""
     from transformers import SiglipVisionModel
     from transformers.models.gemma3.modeling_gemma3 import Gemma3MultiModalProjector
 
@@ -164,8 +165,9 @@ def load(path: str, spec: BackboneSpec) -> SiglipGemma3Backbone:
     logger.info("reading the vision tower and projector of %s from %d of its files", folder, len(shards))
     state = read_safetensors(shards, prefixes=(vision_prefix, projector_prefix))
 
-    # Tensors keep their file dtype (bf16 on the Hub): copying them into the float32 modules converts
-    # them one by one, so no second full-precision copy of the tower is ever held.
+    # Tensors keep their file dtype (bf16 on the Hub): copying them into the modules, built in ``dtype``,
+    # converts them one by one, so no second copy of the tower is ever held (none at all when they match).
+    dtype = dtype or torch.float32
     vision_state = {key[len(vision_prefix):]: value for key, value in state.items() if key.startswith(vision_prefix)}
     projector_state = {key[len(projector_prefix):]: value for key, value in state.items() if key.startswith(projector_prefix)}
     del state
@@ -176,10 +178,12 @@ def load(path: str, spec: BackboneSpec) -> SiglipGemma3Backbone:
 
     vision_config = copy.deepcopy(config.vision_config)
     vision_config.vision_use_head = False
-    vision = build_without_init(SiglipVisionModel, vision_config)
-    projector = Gemma3MultiModalProjector(config)
+    vision = build_without_init(SiglipVisionModel, vision_config, dtype)
+    with default_dtype(dtype):
+        projector = Gemma3MultiModalProjector(config)
     load_strict(vision, _fit_to_module(vision_state, vision), folder)
     load_strict(projector, projector_state, folder)
+    vision.to(dtype)  # also the buffers transformers computes in float32
 
     projection = projector_state["mm_input_projection_weight"]
     patches = config.vision_config.image_size // config.vision_config.patch_size

@@ -128,9 +128,10 @@ class Vgg16Backbone(Backbone):
         return [GradCamLayer(self.features[index]) for index in self._block_ends]
 
 
-def load(path: str, spec: BackboneSpec) -> Vgg16Backbone:
+def load(path: str, spec: BackboneSpec, dtype: torch.dtype | None = None) -> Vgg16Backbone:
+    """Build torchvision's VGG16 (classifier[:-1]) from its weight file, in ``dtype`` (default float32)."""
     source = _weights_file(Path(path), spec)
-    state = read_state_dict(source)  # any float dtype: the copy into the float32 module converts
+    state = read_state_dict(source)  # any float dtype: the copy into the module (built in ``dtype``) converts
     layout, classifier = _layout_from_state(state, source)
     last_channels = layout[-2]
     if classifier[0] != last_channels * 7 * 7:
@@ -140,7 +141,7 @@ def load(path: str, spec: BackboneSpec) -> Vgg16Backbone:
         )
     with torch.device("meta"):
         backbone = Vgg16Backbone(layout, classifier)
-    backbone.to_empty(device="cpu")  # every tensor is then overwritten by the strict load below
+    backbone.to(dtype or torch.float32).to_empty(device="cpu")  # every tensor is overwritten by the strict load below
     load_strict(backbone, state, source)
     backbone.drop_last_linear()
     logger.info("loaded %s from %s: %d-wide features", spec.name, source, backbone.feature_dim)

@@ -20,6 +20,7 @@ transformers model from them and ``PooledVisionBackbone`` wraps it (its ``pooler
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -188,32 +189,45 @@ def sibling_hf_config(path: Path, model_types: Iterable[str]) -> dict | None:
     return config if config.get("model_type") in tuple(model_types) else None
 
 
-def loadable(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Float32 tensors, without the ``position_ids`` buffers transformers recomputes (older
-    checkpoints, and ComfyUI files converted from them, carry them)."""
+def loadable(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Floating tensors in ``dtype`` (a no-op for those already in it), without the ``position_ids``
+    buffers transformers recomputes (older checkpoints, and ComfyUI files converted from them, carry them)."""
     return {
-        key: value.float() if value.is_floating_point() else value
+        key: value.to(dtype) if value.is_floating_point() else value
         for key, value in state.items()
         if not key.endswith("position_ids")
     }
 
 
-def build_without_init(model_class, config) -> nn.Module:
-    """``model_class(config)`` without random initialisation (every tensor is loaded right after)."""
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """Modules built inside get ``dtype`` parameters (as transformers' ``from_pretrained(dtype=...)`` builds them)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_without_init(model_class, config, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """``model_class(config)`` in ``dtype``, without random initialisation (every tensor is loaded right after)."""
     try:
         from transformers.initialization import no_init_weights
     except ImportError:  # transformers 4
         from transformers.modeling_utils import no_init_weights
-    with no_init_weights():
+    with no_init_weights(), default_dtype(dtype):
         return model_class(config)
 
 
-def build_vision_model(model_class, config_class, config: dict, state: dict[str, torch.Tensor], source) -> nn.Module:
+def build_vision_model(
+    model_class, config_class, config: dict, state: dict[str, torch.Tensor], source, dtype: torch.dtype = torch.float32
+) -> nn.Module:
     """``model_class(config_class(**config))`` (e.g. ``CLIPVisionModel``) holding ``state`` (transformers'
-    vision-transformer keys, strictly loaded; errors name ``source``), float32, in eval mode."""
-    model = build_without_init(model_class, config_class(**config))
-    load_strict(hf_target(model), loadable(state), source)
-    return model.float().eval()
+    vision-transformer keys, strictly loaded; errors name ``source``), built in ``dtype``, in eval mode."""
+    model = build_without_init(model_class, config_class(**config), dtype)
+    load_strict(hf_target(model), loadable(state, dtype), source)
+    return model.to(dtype).eval()  # also the buffers transformers computes in float32
 
 
 class PooledVisionBackbone(Backbone):
