@@ -1,11 +1,17 @@
 """Peak memory of loading siglip-gemma3: CREward's vision-only loader vs the whole Gemma 3 model.
 
-The official code builds ``Gemma3ForConditionalGeneration.from_pretrained(folder)`` and calls
-``get_image_features``; CREward reads only the vision-tower and projector tensors. This script
-writes a scaled-down random Gemma 3 folder whose language model dominates as in the real 4B
-(bf16 shards like the Hub's), then, each in a fresh subprocess, loads it both ways, embeds one
-896-pixel image, and reports the peak resident memory (``VmHWM`` from /proc/self/status, and
-``ru_maxrss``) together with the resident memory right after the imports.
+The official code (github.com/han-j-y/CREward ``src/models.py``) builds
+``Gemma3ForConditionalGeneration.from_pretrained(MODEL_ID, torch_dtype=self.dtype)`` with
+``CreativityReward(dtype=torch.float32)`` by default, and takes the vision tower and projector
+from it; CREward reads only the vision-tower and projector tensors. The faithful baseline, and
+the headline, is therefore the official float32 load. This script writes a scaled-down random
+Gemma 3 folder whose language model dominates as in the real 4B (bf16 shards like the Hub's),
+then, each in a fresh subprocess, loads it one way, embeds one 896-pixel image, and reports the
+peak resident memory (``VmHWM`` from /proc/self/status, and ``ru_maxrss``) together with the
+resident memory right after the imports. Extra rows: CREward in bf16 (built directly in bf16, as
+``load(dtype="bf16")`` does), CREward's float32 build cast to bf16 afterwards (what
+``load(dtype="bf16")`` did before), and transformers 5's default ``from_pretrained`` (``dtype="auto"``:
+bf16, memory-mapped).
 
 Usage::
 
@@ -35,11 +41,14 @@ def _status_mb(field: str) -> float:
     return float("nan")
 
 
+BASELINE = "official-fp32"
 MODES = {
-    "ours": "CREward vision-only loader",
-    "official": "official: Gemma3ForConditionalGeneration.from_pretrained(folder)",
-    "official-touched": "official, every weight read once (as when moved to a GPU)",
-    "official-fp32": "official with dtype=torch.float32 (transformers 4.x default)",
+    BASELINE: "official: Gemma3ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32) (its default)",
+    "ours": "CREward vision-only loader, float32 (its default)",
+    "ours-bf16": "CREward vision-only loader, built in bf16 (load(dtype='bf16'))",
+    "ours-cast-bf16": "CREward float32 build, then .to(bf16) (load(dtype='bf16') before building in bf16)",
+    "official": "official with transformers 5's default dtype='auto' (bf16 here, memory-mapped)",
+    "official-touched": "the same, every weight read once (as when moved to a GPU)",
 }
 
 
@@ -53,13 +62,15 @@ def _child(mode: str, folder: str) -> None:
 
     import_rss = _status_mb("VmRSS")
     start = time.perf_counter()
-    if mode == "ours":
-        model = load_backbone("siglip-gemma3", folder)
+    if mode.startswith("ours"):
+        model = load_backbone("siglip-gemma3", folder, dtype=torch.bfloat16 if mode == "ours-bf16" else None)
+        if mode == "ours-cast-bf16":
+            model = model.to(torch.bfloat16)
         embed = model
     else:
         from transformers import Gemma3ForConditionalGeneration
 
-        kwargs = {"dtype": torch.float32} if mode == "official-fp32" else {}
+        kwargs = {"dtype": torch.float32} if mode == BASELINE else {}
         model = Gemma3ForConditionalGeneration.from_pretrained(folder, **kwargs).eval()
         if mode == "official-touched":
             with torch.no_grad():
@@ -165,7 +176,14 @@ def main() -> int:
                 return completed.returncode
             results[mode] = json.loads(completed.stdout.strip().splitlines()[-1])
 
-    ours = results["ours"]
+    baseline, ours, ours_bf16 = results[BASELINE], results["ours"], results["ours-bf16"]
+
+    def above_imports(result) -> float:
+        return result["peak_rss_mb"] - result["import_rss_mb"]
+
+    def feature_difference(result) -> float:
+        return max(abs(a - b) for a, b in zip(baseline["feature"], result["feature"]))
+
     lines = [
         "## siglip-gemma3: peak memory, vision-only loader vs whole Gemma 3 (bench/gemma3_memory.py)",
         "",
@@ -179,25 +197,31 @@ def main() -> int:
         "Each row is a fresh subprocess (same imports) that loads the folder, then embeds one 896x896 image. "
         "RSS in MB from /proc/self/status: after the imports (VmRSS), peak after loading and peak at the end (VmHWM).",
         "",
-        "| load | dtype | params | weights (MB) | after imports | peak after load | peak | peak - imports | ours / this (peak) | ours / this (peak - imports) | load (s) | max abs feature diff vs ours |",
+        f"**Headline, against the faithful baseline (the official code's default float32 load): peak RSS above the "
+        f"imports {above_imports(baseline):.0f} MB official vs {above_imports(ours):.0f} MB CREward float32 "
+        f"({above_imports(ours) / above_imports(baseline):.3f}x, same features: max abs diff "
+        f"{feature_difference(ours):.1e}) and {above_imports(ours_bf16):.0f} MB CREward bf16 "
+        f"({above_imports(ours_bf16) / above_imports(baseline):.3f}x, max abs diff {feature_difference(ours_bf16):.1e}); "
+        f"whole-process peak {baseline['peak_rss_mb']:.0f} / {ours['peak_rss_mb']:.0f} / {ours_bf16['peak_rss_mb']:.0f} MB.**",
+        "",
+        "| load | dtype | params | weights (MB) | after imports | peak after load | peak | peak - imports | this / baseline (peak) | this / baseline (peak - imports) | load (s) | max abs feature diff vs baseline |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, name in MODES.items():
         result = results[mode]
-        above = result["peak_rss_mb"] - result["import_rss_mb"]
-        ours_above = ours["peak_rss_mb"] - ours["import_rss_mb"]
-        difference = max(abs(a - b) for a, b in zip(ours["feature"], result["feature"]))
         lines.append(
             f"| {name} | {result['dtype']} | {result['parameters'] / 1e6:.1f} M | {result['parameter_mb']:.0f} | "
-            f"{result['import_rss_mb']:.0f} | {result['load_peak_mb']:.0f} | {result['peak_rss_mb']:.0f} | {above:.0f} | "
-            f"{ours['peak_rss_mb'] / result['peak_rss_mb']:.3f} | {ours_above / above:.3f} | "
-            f"{result['load_seconds']:.1f} | {difference:.1e} |"
+            f"{result['import_rss_mb']:.0f} | {result['load_peak_mb']:.0f} | {result['peak_rss_mb']:.0f} | "
+            f"{above_imports(result):.0f} | {result['peak_rss_mb'] / baseline['peak_rss_mb']:.3f} | "
+            f"{above_imports(result) / above_imports(baseline):.3f} | {result['load_seconds']:.1f} | "
+            f"{feature_difference(result):.1e} |"
         )
     lines += [
         "",
         "transformers 5.x keeps bf16 weights memory-mapped from the safetensors shards, so an official load "
         "that never reads the language model (CPU, bf16) only becomes resident when its weights are read "
-        "(moving the model to a GPU reads them all) or converted (dtype=float32, the transformers 4.x default).",
+        "(moving the model to a GPU reads them all) or converted (dtype=float32, the official code's default). "
+        "bf16 rows differ from the float32 features by bf16 rounding only.",
     ]
     print("\n".join(lines))
     return 0
