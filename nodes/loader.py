@@ -146,6 +146,8 @@ class CREwardLoader:
                 f"choose it in 'backbone' ({', '.join(available_backbones())})"
             )
         spec = get_spec(info.backbone)
+        load_device, offload_device = choose_devices(device)
+        compute_dtype = choose_dtype(dtype, load_device)
         if clip_vision is not None:
             if spec.name != "clip":
                 raise WeightsError(
@@ -162,13 +164,11 @@ class CREwardLoader:
                 weights_path = model_folders.resolve_backbone_choice(backbone_weights)
             logger.info("CREward: loading backbone %s from %s", spec.name, weights_path)
             try:
-                backbone_module = load_backbone(spec.name, weights_path)
+                backbone_module = load_backbone(spec.name, weights_path, dtype=compute_dtype)  # built in its compute dtype: no fp32 copy at peak
             except WeightsError as error:
                 raise WeightsError(f"backbone_weights: {error}") from error
             source = str(weights_path)
         model = CREward(backbone_module, head_module, info, spec, backbone_source=source)
-        load_device, offload_device = choose_devices(device)
-        compute_dtype = choose_dtype(dtype, load_device)
         description = f"{spec.name} head {head} + backbone {source} on {load_device} ({str(compute_dtype).replace('torch.', '')})"
         logger.info("CREward loaded in %.2f s: %s", time.perf_counter() - started, description)
         return (ManagedCREward(model, load_device, offload_device, compute_dtype, description),)
