@@ -210,3 +210,13 @@ def test_exported_lora_loads_in_loraloader_without_unloaded_keys(tiny, comfy_inp
     assert not torch.allclose(full_out, base_out, atol=1e-4)
     torch.testing.assert_close(full_out, trained_out, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(negative_out, base_out, atol=1e-4) and not torch.allclose(negative_out, full_out, atol=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains(tiny, tmp_path, precision):
+    """Compute in bf16 (autocast) or fp16 (autocast + loss scaling); the LoRA itself stays fp32."""
+    result = train(tiny, tmp_path / precision, steps=2, eval_seeds=0, samples_per_prompt=1, mixed_precision=precision,
+                   targets="attention", learning_rate=1e-3)
+    assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in result.history)
+    ups = [value for key, value in result.lora_tensors.items() if key.endswith("lora_up.weight")]
+    assert all(value.dtype == torch.float32 for value in ups) and any(value.abs().sum() > 0 for value in ups)

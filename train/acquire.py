@@ -86,7 +86,7 @@ class AcquireResult:
     folder: Path
     manifest: dict
     contact_sheet: object  # PIL image
-    top_images: torch.Tensor  # ComfyUI IMAGE [K, H, W, 3]: every prompt's top-k of every axis
+    top_images: torch.Tensor  # ComfyUI IMAGE [K, H, W, 3]: every prompt's top-k of every axis (from the PNGs)
     scores: torch.Tensor  # [N, axes]
     selections: dict = field(default_factory=dict)
 
@@ -163,7 +163,7 @@ def acquire_samples(
         shutil.rmtree(out / stale, ignore_errors=True)
     total = len(prompts) * settings.samples_per_prompt
     started = time.monotonic()
-    samples, all_latents, all_scores, images_by_id = [], [], [], {}
+    samples, all_latents, all_scores = [], [], []
     done = 0
     for p, (cond, prompt) in enumerate(zip(positive, prompts)):
         folder = out / "samples" / f"p{p:03d}_{slug(prompt, 32)}"
@@ -182,7 +182,6 @@ def acquire_samples(
                 _save_png(images[i], path, {"prompt": prompt, "seed": str(seed), "creward": json.dumps(row)})
                 samples.append({"id": sample_id, "prompt_index": p, "seed": seed,
                                 "file": str(path.relative_to(out)), "scores": row})
-                images_by_id[sample_id] = images[i].cpu()
             all_latents.append(latents.float().cpu())
             all_scores.append(scores)
             done += len(seeds)
@@ -195,6 +194,16 @@ def acquire_samples(
     prompt_index = torch.tensor([s["prompt_index"] for s in samples])
     selections: dict[str, dict[str, dict[str, list[int]]]] = {}
     rows, top_ids = [], []
+    kept: dict[int, object] = {}  # sample id -> PIL image, read back from its PNG (only the kept ones)
+
+    def picture(sample_id: int):
+        if sample_id not in kept:
+            from PIL import Image
+
+            with Image.open(out / samples[sample_id]["file"]) as image:
+                kept[sample_id] = image.convert("RGB")
+        return kept[sample_id]
+
     for p, prompt in enumerate(prompts):
         members = (prompt_index == p).nonzero().flatten()
         selections[str(p)] = {}
@@ -211,8 +220,8 @@ def acquire_samples(
             rows.append(Row(
                 label=f"{axis}: {prompt}",
                 groups=[
-                    [Tile(_pil(images_by_id[i]), f"#{r} {samples[i]['scores'][axis]:.3f}") for r, i in enumerate(top, 1)],
-                    [Tile(_pil(images_by_id[i]), f"-{r} {samples[i]['scores'][axis]:.3f}") for r, i in enumerate(bottom, 1)],
+                    [Tile(picture(i), f"#{r} {samples[i]['scores'][axis]:.3f}") for r, i in enumerate(top, 1)],
+                    [Tile(picture(i), f"-{r} {samples[i]['scores'][axis]:.3f}") for r, i in enumerate(bottom, 1)],
                 ],
             ))
     sheet = contact_sheet(rows, title=f"CREward acquisition: top {settings.top_k}"
@@ -234,19 +243,10 @@ def acquire_samples(
     }
     atomic_write_text(out / INDEX, _index_html(manifest))
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
-    top_images = _same_size_stack([images_by_id[i] for i in top_ids]) if top_ids else torch.zeros(0, settings.height, settings.width, 3)
+    top_images = (torch.stack([torch.from_numpy(np.asarray(picture(i), dtype=np.float32) / 255.0) for i in top_ids])
+                  if top_ids else torch.zeros(0, settings.height, settings.width, 3))
     logger.info("acquire: %d samples scored, selections in %s (%.1f s)", len(samples), out, manifest["seconds"])
     return AcquireResult(out, manifest, sheet, top_images, scores, selections)
-
-
-def _pil(image: torch.Tensor):
-    from PIL import Image
-
-    return Image.fromarray((image.clamp(0, 1).numpy() * 255).round().astype(np.uint8))
-
-
-def _same_size_stack(images: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(images)
 
 
 def _index_html(manifest: dict) -> str:

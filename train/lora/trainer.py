@@ -499,8 +499,10 @@ class CreativeLoraTrainer:
                 for _ in range(count):
                     entry = self.train_step(session)
                     if bar is not None:
+                        recent = [e["reward"] for e in self.state.history[-20:]]
                         bar.update(1)
-                        bar.set_postfix(loss=f"{entry['loss']:.4f}", reward=f"{entry['reward']:.4f}")
+                        bar.set_postfix(loss=f"{entry['loss']:.4f}", reward=f"{entry['reward']:.4f}",
+                                        mean_reward=f"{sum(recent) / len(recent):.4f}")
                     if on_step is not None:
                         on_step(StepInfo(entry["step"], config.steps, entry["loss"], entry["reward"], entry["denoise"]))
 
