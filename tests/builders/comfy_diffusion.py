@@ -79,7 +79,6 @@ def _calibrated_taesd(seed: int):
 def tiny_vae(seed: int = 0):
     """A random TAESD (4 latent channels, 8x upscale) as ``comfy.sd.VAE``, like ``VAELoader("taesd")``."""
     import comfy.sd
-    import comfy.taesd.taesd
 
     state = dict(_calibrated_taesd(seed).state_dict())
     state["vae_scale"] = torch.tensor(0.18215)
@@ -91,7 +90,6 @@ def taesd_files(folder, seed: int = 0) -> tuple:
     """Write random ``taesd_encoder.safetensors`` / ``taesd_decoder.safetensors`` (``models/vae_approx``)."""
     from pathlib import Path
 
-    import comfy.taesd.taesd
     from safetensors.torch import save_file
 
     taesd = _calibrated_taesd(seed)

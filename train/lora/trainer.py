@@ -49,7 +49,6 @@ from .curve import reward_curve
 from .export import DTYPES, adapters_from_state_dict, atomic_save, atomic_write_text, build_metadata, lora_state_dict
 from .generate import decode, sample_latents
 from .injection import LoraSet
-from .prompts import zero_conditioning
 from .session import (
     autocast, decode_differentiable, frozen, gradient_checkpointing, make_autograd_ready, precision, run_in_session,
 )
