@@ -436,6 +436,10 @@ def load_comfyui_inprocess(comfyui_path: Path | str, base_dir: Path | str):
     args.base_directory = base_dir
     args.disable_api_nodes = True
     import folder_paths  # noqa: F401  (reads args.base_directory at import)
+    # ComfyUI's main.py imports its top-level `utils` package early; in-process nothing does, and
+    # once `nodes` has put comfy/ on sys.path, `utils` would resolve to comfy/utils.py and
+    # comfy_extras/nodes_images.py would fail on `utils.install_util`.
+    import utils.install_util  # noqa: F401
     import nodes
 
     captured: list[str] = []
