@@ -24,11 +24,5 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="build CREward weights: label pairs, cache features, fit, evaluate, creative LoRAs")
     steps = parser.add_subparsers(dest="train_step", metavar="STEP")
     for name in TRAIN_STEPS:
-        try:
-            module = importlib.import_module(f"{_TRAIN_PACKAGE}.{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"{_TRAIN_PACKAGE}.{name}":
-                continue  # step not built yet
-            raise
-        module.register(steps)
+        importlib.import_module(f"{_TRAIN_PACKAGE}.{name}").register(steps)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)

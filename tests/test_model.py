@@ -110,3 +110,27 @@ def test_bf16_load_builds_the_backbone_in_bf16_and_scores_near_the_official_fp32
     expected = official_scores(backbone, weights, head, paths)
     assert got.dtype == torch.float32 and not torch.allclose(expected[0], expected[1])
     torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)
+
+
+def test_huge_images_are_reduced_before_preprocessing_and_small_ones_are_not(tmp_path):
+    from creward.models.preprocess import load_image
+
+    array = (np.random.default_rng(0).random((300, 400, 3)) * 255).astype(np.uint8)
+    Image.fromarray(array).save(tmp_path / "big.png")
+    exact = load_image(tmp_path / "big.png")
+    assert exact.shape == (3, 300, 400)
+    torch.testing.assert_close(exact, torch.from_numpy(array).permute(2, 0, 1).float() / 255)
+    reduced = load_image(tmp_path / "big.png", max_pixels=200 * 150)
+    assert reduced.shape == (3, 150, 200)  # box-reduced by 2: memory bounded by max_pixels
+    Image.fromarray(array).save(tmp_path / "big.jpg", quality=95)
+    assert load_image(tmp_path / "big.jpg", max_pixels=100 * 75).shape[1:] == (75, 100)
+
+
+def test_sixteen_bit_grayscale_uses_its_full_range(tmp_path):
+    from creward.models.preprocess import load_image
+
+    values = np.array([[0, 32768, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    image = load_image(tmp_path / "g16.png")
+    assert image.shape == (3, 1, 3)
+    torch.testing.assert_close(image[0, 0], torch.tensor([0.0, 32768 / 65535, 1.0]))
