@@ -87,7 +87,8 @@ def is_complete(dest: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path):
+def file_lock(path: Path):
+    """An exclusive lock file, so parallel test runs build a shared cache once."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -187,7 +188,7 @@ def ensure_comfyui(dest: Path | str | None = None, force: bool = False) -> Path:
     dest = Path(dest).expanduser().resolve() if dest else DEFAULT_DEST
     if not force and is_complete(dest):
         return dest
-    with _file_lock(dest.parent / (dest.name + ".lock")):
+    with file_lock(dest.parent / (dest.name + ".lock")):
         if not force and is_complete(dest):  # another process finished while we waited
             return dest
         started = time.monotonic()

@@ -14,9 +14,7 @@ The example workflows name exactly these files, so they run unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
 import json
 import os
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from builders import comfyui_models
+from comfyui_setup import file_lock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO_ROOT / "workflows"
@@ -58,17 +57,6 @@ def install_weights(base_dir: Path) -> dict:
     return files
 
 
-@contextlib.contextmanager
-def _lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def install_taesd(base_dir: Path) -> None:
     """Random TAESD in ``models/vae_approx`` (needs ComfyUI imported in this process)."""
     folder = Path(base_dir) / "models" / "vae_approx"
@@ -82,7 +70,7 @@ def install_checkpoint(base_dir: Path) -> Path:
     if target.exists():
         return target
     target.unlink(missing_ok=True)  # a dangling link
-    with _lock(WEIGHT_CACHE / (CHECKPOINT_BUILD + ".lock")):
+    with file_lock(WEIGHT_CACHE / (CHECKPOINT_BUILD + ".lock")):
         built = comfyui_models.install_sd15_checkpoint(WEIGHT_CACHE, name=CHECKPOINT_BUILD)
     target.parent.mkdir(parents=True, exist_ok=True)
     os.symlink(built, target)
