@@ -4,6 +4,10 @@ Images are decoded, resized and normalised in worker threads (PIL and torch rele
 while the model runs on the previous batch; at most ``prefetch`` preprocessed images wait in
 memory at any time, each already at the backbone's size, so memory does not grow with the
 number or size of the files. Unreadable files are reported, never fatal: the rest are scored.
+
+An image source is a file path, or any object with a ``name`` (used in results and messages)
+and an ``open()`` returning a binary file (a member of a tar shard, see
+``creward.dataset.samples``): ``creward score`` and ``creward score-dataset`` share this code.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator, Protocol, Sequence, Union
 
 import torch
 
@@ -23,6 +27,22 @@ from .model import CREward
 from .preprocess import Preprocessing, is_image_file, load_image, resize_and_normalize
 
 logger = logging.getLogger(__name__)
+
+
+class OpenableImage(Protocol):
+    """An image that is not a file of its own (a tar member): a name and a way to read its bytes."""
+
+    name: str
+
+    def open(self) -> BinaryIO: ...
+
+
+ImageSource = Union[str, os.PathLike, OpenableImage]
+
+
+def source_name(source: ImageSource) -> str:
+    """How results and messages name a source: the path as given, or the source's ``name``."""
+    return str(source) if isinstance(source, (str, os.PathLike)) else source.name
 
 
 @dataclass
@@ -62,13 +82,26 @@ def collect_image_paths(paths: Iterable[str | os.PathLike], recursive: bool = Tr
     return images, skipped
 
 
-def load_preprocessed(path: str | os.PathLike, preprocessing: Preprocessing) -> torch.Tensor:
-    """One file → normalised ``[3, S, S]`` float32 tensor."""
-    return resize_and_normalize(load_image(path), preprocessing)[0]
+def load_preprocessed(source: ImageSource, preprocessing: Preprocessing) -> torch.Tensor:
+    """One file (or openable source) → normalised ``[3, S, S]`` float32 tensor; ``ImageError`` naming it."""
+    if isinstance(source, (str, os.PathLike)):
+        return resize_and_normalize(load_image(source), preprocessing)[0]
+    try:
+        stream = source.open()
+    except OSError as error:
+        raise ImageError(f"cannot read {source.name}: {error.strerror or error}") from None
+    with stream:
+        return resize_and_normalize(load_image(stream, name=source.name), preprocessing)[0]
+
+
+def score_pixel_batch(model: CREward, pixels: torch.Tensor) -> list[list[float]]:
+    """Preprocessed ``[B, 3, S, S]`` pixels → one row of ``len(model.axes)`` float32 scores per image."""
+    with torch.inference_mode():
+        return model.score_pixels(pixels).float().cpu().tolist()
 
 
 def iter_preprocessed(
-    paths: list[Path],
+    paths: Sequence[ImageSource],
     preprocessing: Preprocessing,
     workers: int = 2,
     prefetch: int = 16,
@@ -97,22 +130,21 @@ def iter_preprocessed(
 
 def score_files(
     model: CREward,
-    paths: list[Path],
+    paths: Sequence[ImageSource],
     batch_size: int = 8,
     workers: int = 2,
     progress: Callable[[int], None] | None = None,
 ) -> list[FileScore]:
-    """Score image files in input order; unreadable ones get ``scores=None`` and a warning."""
+    """Score image files (or openable sources) in input order; unreadable ones get ``scores=None`` and a warning."""
     results: list[FileScore | None] = [None] * len(paths)
     batch: list[tuple[int, torch.Tensor]] = []
 
     def flush() -> None:
         if not batch:
             return
-        with torch.inference_mode():
-            scores = model.score_pixels(torch.stack([pixels for _, pixels in batch])).float().cpu()
-        for (index, _), row in zip(batch, scores.tolist()):
-            results[index] = FileScore(str(paths[index]), dict(zip(model.axes, row)))
+        scores = score_pixel_batch(model, torch.stack([pixels for _, pixels in batch]))
+        for (index, _), row in zip(batch, scores):
+            results[index] = FileScore(source_name(paths[index]), dict(zip(model.axes, row)))
         if progress is not None:
             progress(len(batch))
         batch.clear()
@@ -120,7 +152,7 @@ def score_files(
     for index, pixels, error in iter_preprocessed(paths, model.spec.preprocessing, workers=workers, prefetch=max(2 * batch_size, 4)):
         if pixels is None:
             logger.warning("skipping %s", error)
-            results[index] = FileScore(str(paths[index]), None, error)
+            results[index] = FileScore(source_name(paths[index]), None, error)
             if progress is not None:
                 progress(1)
             continue

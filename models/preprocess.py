@@ -21,6 +21,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -73,14 +74,20 @@ def pil_to_tensor(image) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = MAX_DECODE_PIXELS) -> torch.Tensor:
+def load_image(path: str | os.PathLike | BinaryIO, max_pixels: int = MAX_DECODE_PIXELS, name: str | None = None) -> torch.Tensor:
     """Decode one image file to a float32 ``[3, H, W]`` tensor in [0, 1].
 
-    Raises ``ImageError`` naming the file when it cannot be read.
+    ``path`` is a file path, or an open binary file (a tar member, bytes in memory) together with
+    ``name``, which error messages then use. Raises ``ImageError`` naming the file when it cannot
+    be read.
     """
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
+    if isinstance(path, (str, os.PathLike)):
+        path = Path(path)
+    else:
+        name = name or getattr(path, "name", None) or "(image bytes)"
+    label = path if name is None else name
     try:
         with Image.open(path) as image:
             pixels = image.width * image.height
@@ -91,16 +98,16 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_DECODE_PIXELS) -> 
                 image.load()
                 factor = math.ceil(math.sqrt(image.width * image.height / max_pixels))
                 if factor > 1:
-                    logger.info("%s is %dx%d; reducing by %d before preprocessing", path, image.width, image.height, factor)
+                    logger.info("%s is %dx%d; reducing by %d before preprocessing", label, image.width, image.height, factor)
                     image = image.reduce(factor)
             image.load()
             return pil_to_tensor(image)
     except FileNotFoundError:
-        raise ImageError(f"image file not found: {path}") from None
+        raise ImageError(f"image file not found: {label}") from None
     except (UnidentifiedImageError, Image.DecompressionBombError) as error:
-        raise ImageError(f"{path} is not a readable image: {error}") from error
+        raise ImageError(f"{label} is not a readable image: {error}") from error
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
-        raise ImageError(f"{path} could not be decoded (corrupt or truncated?): {error}") from error
+        raise ImageError(f"{label} could not be decoded (corrupt or truncated?): {error}") from error
 
 
 def _interpolation(name: str) -> InterpolationMode:

@@ -41,6 +41,7 @@ from typing import Sequence
 import torch
 
 from ..models.errors import CREwardError, ImageError, WeightsError
+from ..models.identity import weights_identity  # noqa: F401  (re-exported: the cache's weights identity)
 from .arguments import positive_int
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,6 @@ CACHE_FORMAT = "1"
 MANIFEST_NAME = "cache.json"
 HASH_INDEX_NAME = "hashes.json"
 SHARD_PATTERN = re.compile(r"^features-(\d+)\.safetensors$")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
-SAMPLE_BYTES = 1 << 20
 CACHE_DIR_ENV = "CREWARD_CACHE_DIR"
 
 
@@ -71,39 +70,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     except OSError as error:
         raise ImageError(f"cannot read image file {path}: {error.strerror or error}") from None
     return digest.hexdigest()
-
-
-def weights_identity(path: str | os.PathLike) -> str:
-    """A fingerprint of backbone weights (file or folder) that survives copying and moving.
-
-    sha256 over, per weight file (``*.safetensors``, ``*.bin``, ``*.pth``, ``*.pt``, ``*.ckpt``
-    and ``config.json``; relative names inside a folder), its size and 1 MiB samples at its
-    start, middle and end.
-    """
-    path = Path(path)
-    if path.is_file():
-        files = [(path, "")]
-    elif path.is_dir():
-        files = [
-            (child, child.relative_to(path).as_posix())
-            for child in sorted(path.rglob("*"))
-            if child.is_file()
-            and not any(part.startswith(".") for part in child.relative_to(path).parts)
-            and (child.suffix in WEIGHT_SUFFIXES or child.name == "config.json")
-        ]
-    else:
-        raise WeightsError(f"backbone weights not found: {path}")
-    if not files:
-        raise WeightsError(f"no weight files (*.safetensors, *.bin, *.pth, *.pt, *.ckpt) in {path}")
-    digest = hashlib.sha256()
-    for file, name in files:
-        size = file.stat().st_size
-        digest.update(f"{name}\0{size}\0".encode())
-        with open(file, "rb") as handle:
-            for offset in sorted({0, max(0, size // 2 - SAMPLE_BYTES // 2), max(0, size - SAMPLE_BYTES)}):
-                handle.seek(offset)
-                digest.update(handle.read(SAMPLE_BYTES))
-    return "sampled-sha256:" + digest.hexdigest()[:32]
 
 
 def default_cache_dir(backbone: str, weights_id: str) -> Path:
