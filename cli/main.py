@@ -15,6 +15,7 @@ import sys
 # Order is the order shown in --help.
 COMMAND_MODULES = (
     "score",
+    "score_dataset",
     "select",
     "explain",
     "convert",

@@ -91,7 +91,8 @@ class Selection:
         return text
 
 
-def _weight_vector(by: AxisChoice, axes: Sequence[str]) -> torch.Tensor:
+def weight_vector(by: AxisChoice, axes: Sequence[str] = AXES) -> torch.Tensor:
+    """The ranking weights over ``axes`` for an axis choice (see :func:`ranking_values`), validated."""
     if isinstance(by, torch.Tensor):
         weights = by.detach().float().flatten().cpu()
         if weights.numel() != len(axes):
@@ -124,7 +125,7 @@ def ranking_values(scores: torch.Tensor, by: AxisChoice = "overall", axes: Seque
     scores = torch.as_tensor(scores)
     if scores.ndim != 2 or scores.shape[1] != len(axes):
         raise CREwardError(f"scores should be shaped [N, {len(axes)}] ({', '.join(axes)}), got {tuple(scores.shape)}")
-    weights = _weight_vector(by, axes)
+    weights = weight_vector(by, axes)
     values = scores.detach().float().cpu() @ weights
     return values, describe_weights(weights, axes)
 
