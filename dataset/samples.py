@@ -159,6 +159,14 @@ def _iter_groups(path: Path, problems: list[str]) -> Iterable[_Group]:
                     continue
                 current.members.append(info)
                 current.extensions.append(extension)
+            end = archive.offset
+        # tarfile stops quietly at a header cut short; a whole tar ends with two zero blocks
+        with open(path, "rb") as handle:
+            handle.seek(end)
+            tail = handle.read(2 * tarfile.BLOCKSIZE)
+        if tail != bytes(2 * tarfile.BLOCKSIZE):
+            where = f"after sample {current.key!r}" if current is not None else "at its start"
+            problems.append(f"{path}: tar ends early or is damaged {where} (no end-of-archive marker at byte {end})")
     except tarfile.ReadError as error:
         problems.append(f"{path} is not a readable tar shard ({error})" if current is None else f"{path}: tar ends early or is damaged after sample {current.key!r} ({error})")
     except (OSError, EOFError) as error:
@@ -213,9 +221,9 @@ def list_shard(path: str | os.PathLike, part: str, columns: tuple[str, ...] = ()
             samples.append(replace(base, member=image.name, error=f"{shard}:{image.name} is truncated (the shard ends inside it)"))
         else:
             samples.append(replace(base, member=image.name, offset=image.offset_data, size=image.size, error=json_error))
-    for problem in problems:
+    for problem in problems:  # keyed by the shard's file name, which no WebDataset key can be (it has a dot)
         logger.warning("%s", problem)
-        samples.append(Sample(part, len(samples), f"{path.name}#error{len(samples)}", shard=shard, columns={name: None for name in columns}, error=problem))
+        samples.append(Sample(part, len(samples), path.name, shard=shard, columns={name: None for name in columns}, error=problem))
     if not samples:
         samples.append(Sample(part, 0, path.name, shard=shard, columns={name: None for name in columns}, error=f"{shard} holds no samples"))
     return samples
