@@ -259,6 +259,17 @@ def _text(value) -> str | None:
     return str(value)
 
 
+DECODE_WORKER_BASE_MEMORY = 768 * 1024**2  # a worker process with torch and torchvision imported (~600 MB seen)
+
+
+def decode_task_memory(image_size: int, chunk: int) -> int:
+    """Bytes a decoding task's process may hold: its imports, two copies of a chunk of float32
+    pixels, and one image decoded at ``MAX_DECODE_PIXELS`` (float32, and its PIL original)."""
+    from ..models.preprocess import MAX_DECODE_PIXELS
+
+    return DECODE_WORKER_BASE_MEMORY + 2 * chunk * 3 * image_size * image_size * 4 + MAX_DECODE_PIXELS * (3 * 4 + 4)
+
+
 def transfer_dtype(dtype: str) -> str:
     """The dtype pixels travel in: the model's compute dtype when given as fp16/bf16, else fp32."""
     return dtype if dtype in ("fp16", "bf16") else "fp32"
@@ -297,9 +308,10 @@ def score_parts_on_ray(
             decode_units,
             batch_size=1,
             num_cpus=options.decode_cpus,
-            # Ray's default for tasks, given explicitly: it also keeps Ray Data from fusing decoding into
-            # the scoring actors when both reserve the same CPUs (decode must stay in CPU tasks upstream)
-            max_retries=3,
+            # what one decoding task holds at most (a chunk of pixels, one image decoded at the largest
+            # size decoding allows); reserving it also keeps Ray Data from fusing decoding into the
+            # scoring actors (which reserve no memory), so decoding stays in CPU tasks upstream
+            memory=decode_task_memory(preprocessing.image_size, batch_size),
             fn_kwargs={"preprocessing": preprocessing_fields, "pixel_dtype": pixel_dtype, "columns": list(columns), "chunk": batch_size},
         )
         dataset = dataset.map_batches(

@@ -121,3 +121,30 @@ def browser_page(browser, request):
             page.console_log.append(f"(no screenshot: {error})")
         harness.artifact_path(f"failed-{name}.console.txt").write_text("\n".join(page.console_log))
     context.close()
+
+
+# -- creward score-dataset (tests/test_dataset_*.py) ----------------------------------------
+@pytest.fixture(scope="session")
+def dataset_weights(tmp_path_factory):
+    """Tiny random CLIP weights + converted head, shared by the score-dataset tests of both engines."""
+    import dataset_data
+
+    return dataset_data.weights(tmp_path_factory.mktemp("dataset_weights"))
+
+
+@pytest.fixture(scope="session")
+def dataset_inputs(tmp_path_factory):
+    """One input of every kind plus the bad ones (``dataset_checks.mixed_inputs``); read-only."""
+    import dataset_checks
+
+    return dataset_checks.mixed_inputs(tmp_path_factory.mktemp("dataset_inputs"))
+
+
+@pytest.fixture(scope="session")
+def dataset_expected(dataset_inputs, dataset_weights):
+    """``creward score --json`` on the image files of ``dataset_inputs``, by path."""
+    import dataset_checks
+
+    built = dataset_inputs
+    files = built["folder"] + built["listed"] + [file for files in built["extracted"].values() for file in files]
+    return dataset_checks.expected_scores(files, dataset_weights)

@@ -31,19 +31,18 @@ AXES = checks.AXES
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return data.weights(tmp_path_factory.mktemp("weights"))
+def weights(dataset_weights):
+    return dataset_weights
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return checks.mixed_inputs(tmp_path_factory.mktemp("inputs"))
+def built(dataset_inputs):
+    return dataset_inputs
 
 
 @pytest.fixture(scope="module")
-def expected(built, weights):
-    files = built["folder"] + built["listed"] + [file for files in built["extracted"].values() for file in files]
-    return checks.expected_scores(files, weights)
+def expected(dataset_expected):
+    return dataset_expected
 
 
 def model_args(weights):
