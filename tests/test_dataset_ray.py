@@ -114,23 +114,48 @@ def slow_scorer(markers: Path):
 
 @pytest.fixture(scope="module")
 def scored(cluster, built, weights, tmp_path_factory):
-    """Every kind of input (and the bad ones) on Ray, with the scoring actor killed once mid-run."""
+    """Every kind of input (and the bad ones) on Ray, interrupted twice: a first driver is killed
+    (SIGKILL) after its first part; the rerun resumes, and its scoring actor is killed mid-run."""
     root = tmp_path_factory.mktemp("scored")
+    out = root / "out"
+    settings = dict(inputs=built["inputs"], output=str(out), engine="ray", part_size=2, batch_size=3, columns=("site", "caption"),
+                    head=str(weights["head"]), backbone_weights=str(weights["backbone"]), device="cpu", progress=False)
+    # half a CPU for the first driver's actor: the rerun need not wait for Ray to reclaim it
+    script = textwrap.dedent(f"""
+        import os, time
+        os.environ.update({RAY_ENV!r})
+        from creward.dataset.job import DatasetJob, run_job
+        from creward.dataset.ray_engine import RayOptions
+        job = DatasetJob(**{settings!r}, ray=RayOptions(address={cluster!r}, actors=1, cpus_per_actor=0.5, decode_cpus=0.5))
+        run_job(job, on_part=lambda record: time.sleep(120))  # stands still after its first part: killed there
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manifest = out / "_creward_parts.jsonl"
+    deadline = time.monotonic() + 300
+    while not (manifest.is_file() and manifest.read_text().strip()) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, process.stderr.read().decode()[-3000:]
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    first = [json.loads(line) for line in manifest.read_text().splitlines()]
+    stamp = (out / first[0]["file"]).stat().st_mtime_ns
+
     markers = root / "markers"
     markers.mkdir()
     killed: list[int] = []
+    records: list[dict] = []
 
     def kill_the_actor_once(record):
+        records.append(record)
         if not killed:
             pid = int(next(markers.iterdir()).name.split("-")[1])
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    job = DatasetJob(inputs=built["inputs"], output=root / "out", engine="ray", part_size=2, batch_size=3, columns=("site", "caption"),
-                     head=weights["head"], backbone_weights=weights["backbone"], device="cpu", progress=False,
-                     ray=RayOptions(actors=1, cpus_per_actor=1, decode_cpus=1))
+    job = DatasetJob(**settings, ray=RayOptions(actors=1, cpus_per_actor=0.5, decode_cpus=1))
     summary = run_job(job, scorer_class=slow_scorer(markers), on_part=kill_the_actor_once)
-    return {"summary": summary, "out": root / "out", "killed": killed, "actors": sorted(path.name for path in markers.iterdir())}
+    return {"summary": summary, "out": out, "killed": killed, "actors": sorted(path.name for path in markers.iterdir()),
+            "first_driver_parts": first, "first_part_stamp": stamp, "records": records}
 
 
 def test_ray_scores_equal_creward_score_and_bad_inputs_are_rows(scored, built, dataset_expected):
@@ -141,50 +166,23 @@ def test_ray_scores_equal_creward_score_and_bad_inputs_are_rows(scored, built, d
     assert {row["site"] for row in table.to_pylist() if row["path"] and "/listed/" in row["path"]} == {"a", "b", "c", "z"}
 
 
+def test_a_killed_driver_resumes_without_rescoring_finished_parts(scored):
+    first = scored["first_driver_parts"]
+    assert len(first) == 1, first  # the first driver was killed after one part
+    summary = scored["summary"]
+    assert summary.parts_skipped == 1 and len(scored["records"]) == summary.parts - 1
+    assert first[0]["part"] not in {record["part"] for record in scored["records"]}
+    assert (scored["out"] / first[0]["file"]).stat().st_mtime_ns == scored["first_part_stamp"]
+
+
 def test_a_killed_actor_is_restarted_and_every_row_arrives_exactly_once(scored):
     assert scored["killed"], "the actor was never killed"
     assert [name for name in scored["actors"] if name != f"actor-{scored['killed'][0]}"], "Ray did not restart the killed actor"
     table = checks.read_output(scored["out"])
     checks.check_complete(scored["out"], table)  # each row once, every part in the manifest
     # 5 folder files (one broken), 3 + 1 listed (one missing), 2 x 3 shard samples, 3 + 1 + 2 rows of the bad shards
-    assert len(table) == scored["summary"].images == 5 + 4 + 6 + 6
-    assert scored["summary"].errors == 1 + 1 + 2 + 1 + 1
-
-
-def test_a_killed_driver_resumes_without_rescoring_finished_parts(cluster, built, weights, tmp_path):
-    out = tmp_path / "out"
-    inputs = [built["inputs"][0], *map(str, built["shards"])]
-    script = textwrap.dedent(f"""
-        import os, time
-        os.environ.update({RAY_ENV!r})
-        from creward.dataset.job import DatasetJob, run_job
-        from creward.dataset.ray_engine import RayOptions
-        job = DatasetJob(inputs={inputs!r}, output={str(out)!r}, engine="ray", part_size=1, head={str(weights['head'])!r},
-                         backbone_weights={str(weights['backbone'])!r}, device="cpu", progress=False,
-                         ray=RayOptions(address={cluster!r}, actors=1, cpus_per_actor=0.5, decode_cpus=0.5))
-        run_job(job, on_part=lambda record: time.sleep(60))  # stands still after the first part: killed here
-    """)
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    manifest = out / "_creward_parts.jsonl"
-    deadline = time.monotonic() + 240
-    while not (manifest.is_file() and manifest.read_text().strip()) and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    assert process.poll() is None, process.stderr.read().decode()[-3000:]
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=60)
-    finished = [json.loads(line) for line in manifest.read_text().splitlines()]
-    assert len(finished) == 1
-    stamp = (out / finished[0]["file"]).stat().st_mtime_ns
-    records: list[dict] = []
-    # half the cluster's CPUs each: the rerun need not wait for Ray to reclaim the killed job's actor
-    summary = run_job(DatasetJob(inputs=inputs, output=out, engine="ray", part_size=1, head=weights["head"], backbone_weights=weights["backbone"],
-                                 device="cpu", progress=False, ray=RayOptions(actors=1, cpus_per_actor=0.5, decode_cpus=0.5)), on_part=records.append)
-    assert summary.parts == 7 and summary.parts_skipped == 1 and len(records) == 6
-    assert finished[0]["part"] not in {record["part"] for record in records}
-    assert (out / finished[0]["file"]).stat().st_mtime_ns == stamp
-    table = checks.read_output(out)
-    checks.check_complete(out, table)
-    assert len(table) == 5 + 3 + 3
+    assert len(table) == 5 + 4 + 6 + 6 == scored["summary"].images + scored["first_driver_parts"][0]["rows"]
+    assert sum(row["error"] is not None for row in table.to_pylist()) == 1 + 1 + 2 + 1 + 1
 
 
 def test_filtering_runs_its_copies_as_ray_tasks(scored, built, weights, tmp_path):
