@@ -152,6 +152,8 @@ def write_kept(
     if keep_to.exists() and (not keep_to.is_dir() or (any(keep_to.iterdir()) and not _is_ours(keep_to))):
         raise CREwardError(f"--keep-to {keep_to} exists and was not written by creward score-dataset; choose a new folder")
     table, decision = decide(folder, part_ids, rule)
+    if decision.kept == 0:
+        logger.warning("no image passed %s (%d row(s) looked at); %s gets an empty kept.parquet", rule.describe(), len(table), keep_to)
     axes = folder.axes
     group_values = table.column(rule.group_by).to_pylist() if rule.group_by else [None] * len(table)
     chosen = np.flatnonzero(decision.keep)

@@ -2,7 +2,7 @@
 
 The pipeline is Ray Data's batch-inference shape::
 
-    from_items(work units)                          one unit = a shard, or up to a batch of listed files
+    from_items(work units)                          one unit = a shard, or up to 32 listed files
       .map_batches(decode_units)                    CPU tasks: list shards, read, decode, official preprocessing
       .map_batches(CREwardScorer,                   actors: CREward loaded once per actor
                    compute=ActorPoolStrategy(size=N), num_gpus=g, batch_size=B)
@@ -17,7 +17,7 @@ to), else float32.
 
 Inputs and weights are read by path on the workers: on a cluster they must be on storage every
 node sees (a shared filesystem), and ``creward`` must be importable there (installed in the
-image, or ``ray job submit --working-dir``/``runtime_env``).
+image, or by the job's ``runtime_env`` pip from a checkout every node sees).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..models.errors import ImageError, MissingDependencyError
+from ..models.errors import CREwardError, ImageError, MissingDependencyError
 from .inputs import Part
 from .output import ScoresFolder, sample_row
 from .samples import Sample
@@ -259,6 +259,7 @@ def _text(value) -> str | None:
     return str(value)
 
 
+DECODE_CHUNK = 32  # images a decoding task turns into one block (and files per decoding task)
 DECODE_WORKER_BASE_MEMORY = 768 * 1024**2  # a worker process with torch and torchvision imported (~600 MB seen)
 
 
@@ -301,7 +302,8 @@ def score_parts_on_ray(
             "image_size": preprocessing.image_size, "mean": tuple(preprocessing.mean), "std": tuple(preprocessing.std),
             "interpolation": preprocessing.interpolation,
         }
-        units = work_units(parts, batch_size)
+        chunk = min(batch_size, DECODE_CHUNK)  # the actors' batches are re-formed from these by Ray Data
+        units = work_units(parts, chunk)
         threads = max(1, int(options.cpus_per_actor)) if not options.gpus_per_actor else None
         dataset = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
         dataset = dataset.map_batches(
@@ -311,8 +313,8 @@ def score_parts_on_ray(
             # what one decoding task holds at most (a chunk of pixels, one image decoded at the largest
             # size decoding allows); reserving it also keeps Ray Data from fusing decoding into the
             # scoring actors (which reserve no memory), so decoding stays in CPU tasks upstream
-            memory=decode_task_memory(preprocessing.image_size, batch_size),
-            fn_kwargs={"preprocessing": preprocessing_fields, "pixel_dtype": pixel_dtype, "columns": list(columns), "chunk": batch_size},
+            memory=decode_task_memory(preprocessing.image_size, chunk),
+            fn_kwargs={"preprocessing": preprocessing_fields, "pixel_dtype": pixel_dtype, "columns": list(columns), "chunk": chunk},
         )
         dataset = dataset.map_batches(
             scorer_class,
@@ -329,7 +331,7 @@ def score_parts_on_ray(
             logger.warning("%d row(s) arrived twice (a retried task) and were written once", assembler.duplicates)
         missing = assembler.missing()
         if missing:
-            raise RuntimeError(f"{len(missing)} part(s) did not arrive whole from Ray (first: {missing[0]}); rerun to score them")
+            raise CREwardError(f"{len(missing)} part(s) did not arrive whole from Ray (first: {missing[0]}); rerun the command to score them")
         return assembler.total_rows, assembler.total_errors
 
 

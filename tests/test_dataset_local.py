@@ -231,3 +231,15 @@ def test_help_does_not_import_ray_or_pyarrow():
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]"
+
+
+def test_pixels_travel_to_ray_actors_in_the_backbones_dtype_exactly():
+    import torch
+
+    from creward.dataset.ray_engine import _from_transfer, _to_transfer, transfer_dtype
+
+    pixels = torch.randn(2, 3, 8, 8)
+    for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        assert transfer_dtype(name) == name
+        assert torch.equal(_from_transfer(_to_transfer(pixels, name), name), pixels.to(dtype))  # what the model casts to anyway
+    assert transfer_dtype("auto") == "fp32"
