@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dataset import ARCHES, RAY_ENV, build_weights  # noqa: E402
+from dataset import RAY_ENV, build_weights  # noqa: E402
 
 
 def _shard(args: tuple[Path, int, int, int]) -> Path:

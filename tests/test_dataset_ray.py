@@ -34,7 +34,6 @@ pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
 
 import dataset_checks as checks  # noqa: E402
-import dataset_data as data  # noqa: E402
 from creward.cli.main import main  # noqa: E402
 from creward.dataset.job import DatasetJob, run_job  # noqa: E402
 from creward.dataset.ray_engine import CREwardScorer, RayOptions  # noqa: E402
