@@ -194,7 +194,11 @@ def expand_inputs(
             )
 
     def add_folder(folder: Path) -> None:
-        files = sorted(child for child in folder.rglob("*") if child.is_file() and is_image_file(child))
+        children = [child for child in folder.rglob("*") if child.is_file()]
+        files = sorted(child for child in children if is_image_file(child))
+        shards = [child for child in children if child.name.lower().endswith(SHARD_SUFFIXES)]
+        if shards:
+            logger.warning("%s holds %d .tar file(s), which a folder input does not read: pass them as shards ('%s/*.tar')", folder, len(shards), folder)
         if not files:
             logger.warning("no image files in %s", folder)
         rows = [(child.relative_to(folder).as_posix(), str(child.resolve()), dict(no_columns)) for child in files]
