@@ -56,13 +56,6 @@ def _ray_processes():
     return found
 
 
-@ray.remote(num_cpus=1)
-def _warm_worker() -> int:
-    import creward.models.file_scoring  # noqa: F401  (torch, torchvision: the slow part of a decoding task's start)
-
-    return os.getpid()
-
-
 @pytest.fixture(scope="module")
 def cluster():
     if ray.is_initialized():
@@ -70,7 +63,6 @@ def cluster():
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=150 * 1024**2, logging_level="WARNING", log_to_driver=False)
     address = ray.get_runtime_context().gcs_address
     assert address.startswith("127.0.0.1:"), address
-    ray.get([_warm_worker.remote() for _ in range(2)])  # task workers with torch imported, reused by the jobs below
     yield address
     ray.shutdown()
     deadline = time.monotonic() + 30
