@@ -16,6 +16,7 @@ import sys
 COMMAND_MODULES = (
     "score",
     "select",
+    "calibrate",
     "explain",
     "convert",
     "info",
