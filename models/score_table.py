@@ -18,6 +18,7 @@ import torch
 from .axes import AXES
 from .calibration import Calibration, calibrate_within_batch
 from .errors import CREwardError
+from .scorer_identity import ScorerIdentity
 
 
 @dataclass(frozen=True)
@@ -27,12 +28,14 @@ class ScoreTable:
     ``ids`` are the images' numbers for people: row positions ``0..N-1`` for an IMAGE batch, the
     latent's ``batch_index`` entries for a LATENT batch. Selection always works on row positions.
     ``calibration``: percentiles and win probabilities against a reference set, or None.
+    ``scorer``: the head/backbone that made the scores, when known (checked against references).
     """
 
     values: torch.Tensor
     axes: tuple[str, ...] = AXES
     ids: tuple[int, ...] | None = None
     calibration: Calibration | None = None
+    scorer: ScorerIdentity | None = None
 
     def __post_init__(self):
         values = torch.as_tensor(self.values).detach().to(device="cpu", dtype=torch.float32)
@@ -65,11 +68,11 @@ class ScoreTable:
         """The rows at these positions (in this order), keeping their ids."""
         rows = [int(row) for row in rows]
         calibration = None if self.calibration is None else self.calibration.take(rows)
-        return ScoreTable(self.values[rows] if rows else self.values[:0], self.axes, tuple(self.ids[row] for row in rows), calibration)
+        return ScoreTable(self.values[rows] if rows else self.values[:0], self.axes, tuple(self.ids[row] for row in rows), calibration, self.scorer)
 
     def with_calibration(self, calibration: Calibration | None) -> "ScoreTable":
         """The same scores carrying ``calibration`` (vs a reference set)."""
-        return ScoreTable(self.values, self.axes, self.ids, calibration)
+        return ScoreTable(self.values, self.axes, self.ids, calibration, self.scorer)
 
     def calibrated(self) -> Calibration:
         """Percentiles and win probabilities: vs the reference when calibrated, else within this batch."""
@@ -93,7 +96,9 @@ class ScoreTable:
                 None if any(c.groups is None for c in calibrations) else tuple(g for c in calibrations for g in c.groups),
             )
         values = torch.cat([table.values for table in tables])
-        return ScoreTable(values, axes, tuple(i for table in tables for i in table.ids), calibration)
+        scorers = {table.scorer for table in tables}
+        scorer = scorers.pop() if len(scorers) == 1 else None
+        return ScoreTable(values, axes, tuple(i for table in tables for i in table.ids), calibration, scorer)
 
     def rows(self) -> list[dict]:
         """``[{"id": 0, "geometry": ..., ...}, ...]`` (+ ``<axis>_percentile``/``<axis>_win`` when calibrated)."""
