@@ -204,7 +204,7 @@ def read_parquet(path: Path, axes: Sequence[str] = AXES) -> ScoreRecords:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise MissingDependencyError("pyarrow", "reading Parquet score files", "'comfyui-creward[parquet]'") from None
+        raise MissingDependencyError("pyarrow", "reading Parquet score files") from None
     path = Path(path)
     parts = _parquet_parts(path) if path.is_dir() else [path]
     if not parts:
