@@ -44,25 +44,43 @@ def register(subparsers) -> None:
     parser.set_defaults(func=lambda args: run(args, parser))
 
 
-def _scorer_for_files(args, recorded):
-    """The head that made the scores in score files: --head ($CREWARD_HEAD), else the one the files record, else the usual lookup."""
+def _head_for_files(args, recorded, head_files):
+    """``(scorer, head path or None)`` for score files: --head ($CREWARD_HEAD), else the identity the files record, else the usual lookup."""
     import os
 
     from ..models.errors import CREwardError, WeightsError
     from ..models.locate import HEAD_ENV, find_head
     from ..models.scorer_identity import ScorerIdentity
 
-    if recorded and not (args.head or os.environ.get(HEAD_ENV)):
-        return recorded[0][1]
+    if recorded and not head_files and not (args.head or os.environ.get(HEAD_ENV)):
+        return recorded[0][1], None
     try:
         head = find_head(args.head, args.backbone)
     except WeightsError as error:
-        raise CREwardError(f"the score files do not say which head made them: pass --head FILE (the head that scored them). {error}") from None
-    scorer = ScorerIdentity.of_head_file(head, args.backbone)
+        named = f" ({head_files[0][1]['name']})" if head_files else ""
+        raise CREwardError(f"the score files do not say which head made them in a form a reference can use: pass --head FILE "
+                           f"(the head that scored them{named}). {error}") from None
+    return ScorerIdentity.of_head_file(head, args.backbone), head
+
+
+def _check_recorded(scorer, head, recorded, head_files) -> None:
+    """Refuse score files whose recorded head is not ``scorer`` (the head file at ``head``), naming both."""
+    import hashlib
+
+    from ..models.errors import CREwardError
+
     for source, identity in recorded:
         if not identity.matches(scorer):
             raise CREwardError(f"{source} was scored with {identity.describe()}, but the head given is {scorer.describe()}")
-    return scorer
+    if not head_files:
+        return
+    digest = "sha256:" + hashlib.sha256(Path(head).read_bytes()).hexdigest() if head else None
+    for source, recorded_file in head_files:
+        if recorded_file["sha256"] != digest or (recorded_file["backbone"] and recorded_file["backbone"] != scorer.backbone):
+            raise CREwardError(
+                f"{source} was scored with head {recorded_file['name']} (file {recorded_file['sha256'][:19]}, backbone "
+                f"{recorded_file['backbone']}), but the head given is {scorer.head} (file {(digest or '?')[:19]}, backbone {scorer.backbone})"
+            )
 
 
 def run(args, parser) -> int:
@@ -90,7 +108,7 @@ def run(args, parser) -> int:
     if image_paths and group_by not in (None, FOLDER):
         parser.error(f"--group-by {group_by}: images have no columns; group them with --group-by folder (or score them to a file first)")
 
-    rows, groups, scorers = [], [], []
+    rows, groups, scorers, head_files = [], [], [], []
     for path in score_files:
         records = read_score_file(path)
         scored = records.scored
@@ -106,6 +124,8 @@ def run(args, parser) -> int:
         groups += [names[row] for row in range(len(records)) if scored[row]]
         if records.scorer is not None:
             scorers.append((str(path), records.scorer))
+        if records.head_file is not None:
+            head_files.append((str(path), records.head_file))
         logger.info("%s: %d scored row(s)", path, int(scored.sum()))
 
     if image_paths:
@@ -114,9 +134,7 @@ def run(args, parser) -> int:
         images = collect_or_exit(image_paths)
         model = load_model_from_args(args)
         scorer = ScorerIdentity.of_model(model)
-        for source, identity in scorers:
-            if not identity.matches(scorer):
-                raise CREwardError(f"{source} was scored with {identity.describe()}, but the images are scored with {scorer.describe()}")
+        _check_recorded(scorer, model.head_info.path, scorers, head_files)
         with progress_bar(len(images), "scoring") as bar:
             results = score_image_files(model, images, batch_size=args.batch_size, workers=args.workers, progress=bar.update)
         for result in results:
@@ -124,7 +142,8 @@ def run(args, parser) -> int:
                 rows.append([result.scores[axis] for axis in model.axes])
                 groups.append(folder_group(result.path) if group_by == FOLDER else None)
     else:
-        scorer = _scorer_for_files(args, scorers)
+        scorer, head = _head_for_files(args, scorers, head_files)
+        _check_recorded(scorer, head, scorers, head_files)
 
     if not rows:
         raise CREwardError(f"no scores to build a reference from in {', '.join(args.paths)} (every row was unreadable or an error)")

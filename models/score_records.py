@@ -10,9 +10,12 @@ Formats:
 - JSON list (``creward score --json``): ``[{"path", "geometry", ..., "error"?}, ...]``; error rows
   have no scores (or null scores) and an ``error``.
 - CSV (``creward score --csv``): a header with ``path``, the axes and ``error``; empty = no value.
-- Parquet (the dataset job's output; a file or a folder of part files): the axis columns, an
-  ``error`` column, ``path``/``key``/``shard``; the scorer identity in the schema metadata
-  (``creward.scorer``, JSON). Needs ``pyarrow``.
+- Parquet (the dataset job's output; a file or a folder of part files, ``_``/``.``-prefixed files
+  skipped): the axis columns, an ``error`` column, ``path``/``key``/``shard``; in the schema
+  metadata either ``creward.scorer`` (a :class:`ScorerIdentity` as JSON) or the dataset job's
+  ``creward.head.name`` / ``creward.head.sha256`` (SHA-256 of the head *file*) /
+  ``creward.backbone.name`` keys, kept in ``ScoreRecords.head_file`` to be checked against the head
+  file given. Needs ``pyarrow``.
 - ``manifest.json`` of ``creward train acquire``: every sample's scores, with a ``prompt`` column.
 """
 
@@ -51,6 +54,8 @@ class ScoreRecords:
         errors: per row, its error text, or None for a scored row.
         columns: other columns, name -> list of N values (strings or None).
         scorer: the head/backbone identity recorded in the file, if any.
+        head_file: what the dataset job records instead: ``{"name", "sha256", "backbone"}``
+            (``sha256`` of the head file's bytes, ``"sha256:<hex>"``), if any.
     """
 
     source: str
@@ -59,6 +64,7 @@ class ScoreRecords:
     errors: list[str | None]
     columns: dict[str, list] = field(default_factory=dict)
     scorer: ScorerIdentity | None = None
+    head_file: dict | None = None
 
     def __len__(self) -> int:
         return self.values.shape[0]
@@ -185,18 +191,26 @@ def read_csv(path: Path, axes: Sequence[str] = AXES) -> ScoreRecords:
 def _parquet_parts(folder: Path) -> list[Path]:
     return sorted(
         child for child in folder.rglob("*.parquet")
-        if child.is_file() and not any(part.startswith(".") for part in child.relative_to(folder).parts)
+        if child.is_file() and not any(part.startswith((".", "_")) for part in child.relative_to(folder).parts)
     )
 
 
-def _scorer_from_metadata(metadata: dict | None, source: str) -> ScorerIdentity | None:
-    raw = (metadata or {}).get(SCORER_METADATA_KEY.encode())
-    if raw is None:
-        return None
-    try:
-        return ScorerIdentity.from_dict(json.loads(raw.decode("utf-8")), f"{source}: metadata {SCORER_METADATA_KEY}")
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CREwardError(f"{source}: metadata {SCORER_METADATA_KEY} is not JSON: {error}") from None
+def _scorer_from_metadata(metadata: dict | None, source: str) -> tuple[ScorerIdentity | None, dict | None]:
+    """``(scorer, head_file)`` from Parquet schema metadata (see the module docstring)."""
+    metadata = {key.decode("utf-8", "replace"): value.decode("utf-8", "replace") for key, value in (metadata or {}).items()}
+    if SCORER_METADATA_KEY in metadata:
+        try:
+            data = json.loads(metadata[SCORER_METADATA_KEY])
+        except json.JSONDecodeError as error:
+            raise CREwardError(f"{source}: metadata {SCORER_METADATA_KEY} is not JSON: {error}") from None
+        return ScorerIdentity.from_dict(data, f"{source}: metadata {SCORER_METADATA_KEY}"), None
+    if metadata.get("creward.head.sha256"):
+        return None, {
+            "name": metadata.get("creward.head.name") or "?",
+            "sha256": metadata["creward.head.sha256"],
+            "backbone": metadata.get("creward.backbone.name") or None,
+        }
+    return None, None
 
 
 def read_parquet(path: Path, axes: Sequence[str] = AXES) -> ScoreRecords:
@@ -218,7 +232,7 @@ def read_parquet(path: Path, axes: Sequence[str] = AXES) -> ScoreRecords:
         missing = [axis for axis in axes if axis not in table.column_names]
         if missing:
             raise CREwardError(f"{part}: no {', '.join(missing)} column(s) (columns: {', '.join(table.column_names)})")
-        scorer = _scorer_from_metadata(table.schema.metadata, str(part))
+        scorer, head_file = _scorer_from_metadata(table.schema.metadata, str(part))
         count = table.num_rows
         try:
             values = np.stack([table.column(axis).to_numpy(zero_copy_only=False).astype(np.float64) for axis in axes], axis=1) if count else np.zeros((0, len(axes)))
@@ -226,7 +240,7 @@ def read_parquet(path: Path, axes: Sequence[str] = AXES) -> ScoreRecords:
             raise CREwardError(f"{part}: the axis columns should hold numbers: {error}") from None
         others = table.drop_columns([axis for axis in axes]).to_pydict()
         errors = [None if e in (None, "") else str(e) for e in others.pop("error", [None] * count)]
-        records.append(ScoreRecords(str(part), tuple(axes), values.reshape(count, len(axes)), errors, others, scorer))
+        records.append(ScoreRecords(str(part), tuple(axes), values.reshape(count, len(axes)), errors, others, scorer, head_file))
     return concat_records(records, str(path))
 
 
@@ -234,10 +248,13 @@ def concat_records(records: Sequence[ScoreRecords], source: str) -> ScoreRecords
     """One :class:`ScoreRecords` of several (same axes; scorer identities must agree)."""
     if len(records) == 1:
         only = records[0]
-        return ScoreRecords(source, only.axes, only.values, only.errors, only.columns, only.scorer)
+        return ScoreRecords(source, only.axes, only.values, only.errors, only.columns, only.scorer, only.head_file)
     scorers = {record.scorer for record in records if record.scorer is not None}
-    if len(scorers) > 1:
-        described = "; ".join(f"{record.source}: {record.scorer.describe()}" for record in records if record.scorer is not None)
+    head_files = {json.dumps(record.head_file, sort_keys=True) for record in records if record.head_file is not None}
+    if len(scorers) > 1 or len(head_files) > 1:
+        described = "; ".join(
+            f"{record.source}: {record.scorer.describe() if record.scorer else record.head_file}" for record in records
+        )
         raise CREwardError(f"{source}: the parts were scored by different heads ({described})")
     names = sorted({name for record in records for name in record.columns})
     columns = {name: [value for record in records for value in record.columns.get(name, [None] * len(record))] for name in names}
@@ -248,4 +265,5 @@ def concat_records(records: Sequence[ScoreRecords], source: str) -> ScoreRecords
         [error for record in records for error in record.errors],
         columns,
         next(iter(scorers)) if scorers else None,
+        json.loads(head_files.pop()) if head_files else None,
     )

@@ -210,12 +210,41 @@ def test_calibrate_from_parquet_with_recorded_head_and_a_mismatch(setup, scored,
     assert "was scored with head creward_clip.safetensors" in capsys.readouterr().err
 
 
+def test_calibrate_from_the_dataset_jobs_parquet_checks_the_head_file(setup, scored, tmp_path, capsys):
+    """The dataset job (``creward score-dataset``) records the head file's SHA-256, name and backbone in its part files."""
+    import hashlib
+
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    items = scored["items"]
+    metadata = {
+        "creward.format": "1", "creward.axes": json.dumps(AXES), "creward.head.name": "creward_clip.safetensors",
+        "creward.head.sha256": "sha256:" + hashlib.sha256(setup["head"].read_bytes()).hexdigest(), "creward.backbone.name": "clip",
+    }
+    out = tmp_path / "dataset"
+    out.mkdir()
+    for part, rows in enumerate((items[:6], items[6:])):
+        table = pyarrow.table({
+            "key": [item["path"] for item in rows], "path": [item["path"] for item in rows],
+            **{axis: pyarrow.array([item[axis] for item in rows], pyarrow.float32()) for axis in AXES},
+            "error": [None] * len(rows),
+        }).replace_schema_metadata(metadata)
+        pq.write_table(table, out / f"part-{part:04d}.parquet")
+    (out / "_creward_job.json").write_text("{}")
+    target = tmp_path / "ref.json"
+    assert main(["calibrate", str(out), "-o", str(target), "--group-by", "folder", "--name", "furniture", "--head", str(setup["head"])]) == 0
+    assert target.read_bytes() == scored["reference"].read_bytes()
+    assert main(["calibrate", str(out), "-o", str(tmp_path / "x.json"), "--head", str(setup["other"])]) == 1
+    assert "was scored with head creward_clip.safetensors (file sha256:" in capsys.readouterr().err
+
+
 def test_calibrate_errors(setup, scored, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("CREWARD_HEAD", raising=False)
     monkeypatch.setenv("CREWARD_MODELS_DIR", str(tmp_path / "no-models"))
     monkeypatch.setenv("HOME", str(tmp_path))
     assert main(["calibrate", str(scored["json"]), "-o", str(tmp_path / "r.json")]) == 1
-    assert "do not say which head made them: pass --head" in capsys.readouterr().err
+    assert "do not say which head made them in a form a reference can use: pass --head FILE" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         main(["calibrate", str(setup["images"]), "-o", str(tmp_path / "r.json"), "--group-by", "column:prompt", *setup["model"]])
     assert info.value.code == 2 and "images have no columns" in capsys.readouterr().err
