@@ -123,3 +123,36 @@ def test_a_corrupt_reference_file_is_a_validation_error(env):
     errors = info.value.details["node_errors"]["30"]["errors"]
     assert errors[0]["extra_info"]["input_name"] == "reference" and "not a CREward reference file" in errors[0]["details"]
     assert env.client.run(graph())  # the server still runs a good prompt
+
+
+TEXTS_JS = """async ([id]) => {
+    const node = window.app.graph.getNodeById(Number(id));
+    const drawn = [];
+    const original = CanvasRenderingContext2D.prototype.fillText;
+    CanvasRenderingContext2D.prototype.fillText = function (text, ...rest) { drawn.push(String(text)); return original.call(this, text, ...rest); };
+    try {
+        window.app.graph.setDirtyCanvas(true, true);
+        window.app.canvas.draw(true, true);
+    } finally {
+        CanvasRenderingContext2D.prototype.fillText = original;
+    }
+    return {texts: drawn, calibration: node.creward.data.calibration, percentiles: node.creward.data.percentiles};
+}"""
+
+
+@pytest.mark.browser
+def test_the_score_node_draws_percentile_bars_in_the_web_ui(env, browser_page):
+    page = browser_page
+    report = harness.load_workflow_in_ui(page, env.client.base_url, graph(), name="calibrated")
+    assert report["missing_node_types"] == [], report
+    history = harness.run_in_ui(page, env.client, timeout=180)
+    page.wait_for_function("() => { const n = window.app.graph.getNodeById(31); return n && n.creward && n.creward.drawn > 0; }", timeout=30_000)
+    page.evaluate("""() => { const c = window.app.canvas, n = window.app.graph.getNodeById(31);
+        c.ds.scale = 1.0; c.ds.offset = [-n.pos[0] + 40, -n.pos[1] + 80]; }""")
+    seen = page.evaluate(TEXTS_JS, ["31"])
+    assert seen["calibration"]["reference"] == "server_pool"
+    assert seen["percentiles"] == ui(history, "31", "creward_scores")["percentiles"]
+    assert any(text.startswith("percentile vs reference server_pool") for text in seen["texts"]), [t for t in seen["texts"] if "ercent" in t or "geometry" in t]
+    errors = [line for line in page.console_log if line.startswith("pageerror") or "creward.js" in line]
+    assert errors == [], errors
+    harness.save_screenshot(page, "creward-percentile-bars")
