@@ -250,3 +250,20 @@ def test_malformed_score_json(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(CREwardError, match=message):
         read_score_file(path)
+
+
+def test_acquisition_manifest_gives_one_prompt_column(tmp_path):
+    manifest = {
+        "format": "creward-acquire", "format_version": 1, "axes": list(AXES), "prompts": ["a chair", "a lamp"],
+        "samples": [
+            {"id": 0, "prompt_index": 0, "seed": 1, "file": "samples/p000_a-chair/s1.png", "scores": dict(zip(AXES, [0.1, 0.2, 0.3, 0.4]))},
+            {"id": 1, "prompt_index": 1, "seed": 2, "file": "samples/p001_a-lamp/s2.png", "scores": dict(zip(AXES, [0.5, 0.6, 0.7, 0.8]))},
+        ],
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    records = read_score_file(tmp_path / "manifest.json")
+    assert records.column("prompt") == ["a chair", "a lamp"] and records.scored.all()
+    np.testing.assert_allclose(records.values[1], [0.5, 0.6, 0.7, 0.8])
+    assert records.locations()[0] == str(tmp_path / "samples/p000_a-chair/s1.png")
+    with pytest.raises(CREwardError, match="has no column 'subject'"):
+        records.column("subject")
