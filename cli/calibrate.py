@@ -108,7 +108,7 @@ def run(args, parser) -> int:
     if image_paths and group_by not in (None, FOLDER):
         parser.error(f"--group-by {group_by}: images have no columns; group them with --group-by folder (or score them to a file first)")
 
-    rows, groups, scorers, head_files = [], [], [], []
+    rows, groups, where, scorers, head_files = [], [], [], [], []  # where: each row's file (and row), for messages
     for path in score_files:
         records = read_score_file(path)
         scored = records.scored
@@ -120,8 +120,10 @@ def run(args, parser) -> int:
             names = [None if value is None else str(value) for value in records.column(group_by.split(":", 1)[1])]
         else:
             names = [None] * len(records)
+        locations = records.locations() if any(name in records.columns for name in ("path", "key", "file")) else [None] * len(records)
         rows += [records.values[row] for row in range(len(records)) if scored[row]]
         groups += [names[row] for row in range(len(records)) if scored[row]]
+        where += [f"{path} row {row}" + (f" ({locations[row]})" if locations[row] else "") for row in range(len(records)) if scored[row]]
         if records.scorer is not None:
             scorers.append((str(path), records.scorer))
         if records.head_file is not None:
@@ -141,13 +143,21 @@ def run(args, parser) -> int:
             if result.scores is not None:
                 rows.append([result.scores[axis] for axis in model.axes])
                 groups.append(folder_group(result.path) if group_by == FOLDER else None)
+                where.append(result.path)
     else:
         scorer, head = _head_for_files(args, scorers, head_files)
         _check_recorded(scorer, head, scorers, head_files)
 
     if not rows:
         raise CREwardError(f"no scores to build a reference from in {', '.join(args.paths)} (every row was unreadable or an error)")
-    reference = ReferenceSet.build(np.asarray(rows, dtype=np.float64), scorer, name, groups if group_by else None, group_by, max_points)
+    values = np.asarray(rows, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if bad.size:
+        raise CREwardError(
+            f"{bad.size} of {len(values)} images have NaN or infinite scores (first: {where[bad[0]]}): the model gave no usable "
+            f"score for them; remove them (or rescore them, e.g. with --dtype fp32) and build the reference again"
+        )
+    reference = ReferenceSet.build(values, scorer, name, groups if group_by else None, group_by, max_points)
     reference.save(output)
     summary = ", ".join(f"{group} {data.count}" for group, data in reference.groups.items())
     print(

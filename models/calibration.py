@@ -24,7 +24,6 @@ images of its batch (leave-one-out), e.g. the best of 5 distinct scores is at pe
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -247,7 +246,3 @@ def coarse_message(what: str, count: int) -> str | None:
         return None
     return (f"{what} holds only {count} image{'s' if count != 1 else ''}: percentiles move in steps of "
             f"{100.0 / count:.3g} points and are coarse (aim for {COARSE_BELOW} or more per group)")
-
-
-def format_percentile(value: float) -> str:
-    return "—" if value is None or math.isnan(value) else f"{value:.1f}"

@@ -254,7 +254,7 @@ def test_calibrate_errors(setup, scored, tmp_path, capsys, monkeypatch):
     nan = tmp_path / "nan.json"
     nan.write_text('[{"path": "a.png", "geometry": NaN, "material": 0, "texture": 0, "overall": 0}]')
     assert main(["calibrate", str(nan), "-o", str(tmp_path / "r.json"), "--head", str(setup["head"])]) == 1
-    assert "NaN or infinite scores" in capsys.readouterr().err
+    assert "1 of 1 images have NaN or infinite scores (first: " + f"{nan} row 0 (a.png))" in capsys.readouterr().err
     errors_only = tmp_path / "errors.json"
     errors_only.write_text('[{"path": "a.png", "error": "unreadable"}]')
     assert main(["calibrate", str(errors_only), "-o", str(tmp_path / "r.json"), "--head", str(setup["head"])]) == 1
