@@ -108,7 +108,8 @@ class CREwardScore:
     OUTPUT_NODE = True
     DESCRIPTION = (
         "Scores how creative each image is on geometry, material, texture and overall (higher = more creative). "
-        "Scores are relative: compare images of the same subject. The FLOAT outputs are batch means."
+        "Scores are relative: compare images of the same subject, or connect a reference (CREward Reference Loader) "
+        "to get each image's percentile and win probability against your subject. The FLOAT outputs are batch means."
     )
     SEARCH_ALIASES = ["creativity score", "rate images"]
 
