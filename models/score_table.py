@@ -167,6 +167,48 @@ class ScoreTable:
             }
         return payload
 
+    def chart(
+        self,
+        title: str,
+        values: torch.Tensor | None = None,
+        value_label: str = "score",
+        value_range: tuple[float, float] | None = None,
+        highlight: Sequence[int] = (),
+        note: str | None = None,
+    ) -> dict:
+        """One bar chart for ``web/creward.js``: a group of bars per image, a bar per axis.
+
+        Args:
+            values: what the bars show, shaped like ``self.values`` (default: the scores);
+                another kind of value (percentiles, win probabilities) goes here.
+            value_label: what the values are, written on the chart ("score", "percentile").
+            value_range: the value axis, e.g. ``(0, 100)``; None fits the values (always with 0).
+            highlight: row positions drawn on a shaded background (e.g. the chosen images).
+            note: a short caption after ``value_label``.
+        """
+        values = self.values if values is None else torch.as_tensor(values, dtype=torch.float32)
+        if tuple(values.shape) != tuple(self.values.shape):
+            raise CREwardError(f"chart values should be shaped {tuple(self.values.shape)} like the scores, got {tuple(values.shape)}")
+        return {
+            "title": title,
+            "series": list(self.axes),
+            "labels": [f"#{image_id}" for image_id in self.ids],
+            "values": [[_json_float(value) for value in row] for row in values.tolist()],
+            "value_label": value_label,
+            "value_range": list(value_range) if value_range is not None else None,
+            "highlight": [int(row) for row in highlight],
+            "note": note,
+        }
+
+    def charts(self, title: str, highlight: Sequence[int] = (), note: str | None = None) -> list[dict]:
+        """The charts the nodes show: the scores, then, when calibrated against a reference, the percentiles."""
+        charts = [self.chart(title, highlight=highlight, note=note)]
+        if self.calibration is not None:
+            charts.append(self.chart(
+                title, self.calibration.percentiles, "percentile", (0.0, 100.0), highlight, self.calibration.label,
+            ))
+        return charts
+
 
 def _json_float(value: float) -> float | None:
     """NaN/inf are not JSON: send them as null."""

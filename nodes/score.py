@@ -65,7 +65,7 @@ def score_outputs(table: ScoreTable, title: str) -> dict:
         percentiles = [math.nan] * len(AXES)
     calibration = table.calibrated()  # vs the reference, else within this batch
     summary = table.summary(calibration=calibration if table.calibration is not None or len(table) > 1 else None)
-    payload = {**table.to_payload(calibration), "title": title}
+    payload = {**table.to_payload(calibration), "title": title, "charts": table.charts(title)}
     return {"ui": {UI_KEY: [payload], "text": [summary]}, "result": (table, *floats, summary, *percentiles)}
 
 

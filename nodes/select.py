@@ -207,9 +207,11 @@ class CREwardSelectBest:
         if threshold is None and table.calibration is not None:
             text += f"\npercentiles: {calibration.label}"
         indices = ",".join(str(row) for row in chosen)
+        title = f"CREward Select Best (by {selection.criterion})"
         payload = {
             **table.to_payload(calibration),
-            "title": f"CREward Select Best (by {selection.criterion})",
+            "title": title,
+            "charts": table.charts(title, highlight=chosen),
             "chosen": chosen,
             "rejected": rejected,
             "values": [value if math.isfinite(value) else None for value in selection.values.tolist()],

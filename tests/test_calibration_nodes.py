@@ -91,6 +91,7 @@ def test_score_with_reference_equals_the_library(env, batch):
     payload = output["ui"]["creward_scores"][0]
     assert payload["calibration"] == {"label": table.calibration.label, "reference": "pool", "batch_relative": False}
     np.testing.assert_allclose(payload["percentiles"], expected.percentiles.numpy(), atol=1e-4)
+    assert [chart["value_label"] for chart in payload["charts"]] == ["score", "percentile"]
     lines = summary.splitlines()
     assert "pct" in lines[0] and len(lines) == 1 + 6 + 1 + 1 and lines[-1].endswith(table.calibration.label)
     json.dumps(output["ui"])
@@ -103,6 +104,7 @@ def test_score_without_reference_shows_the_batch_relative_view(env, batch):
     payload = output["ui"]["creward_scores"][0]
     assert payload["calibration"]["batch_relative"] is True and payload["calibration"]["label"] == "within this batch (6 images)"
     assert sorted(row[3] for row in payload["percentiles"]) == pytest.approx([0.0, 20.0, 40.0, 60.0, 80.0, 100.0])
+    assert [chart["value_label"] for chart in payload["charts"]] == ["score"]  # the bars stay scores without a reference
     assert "within this batch (6 images)" in output["result"][5]
     single = run(env, "CREwardScore", "score", env.creward, batch[:1])
     assert "pct" not in single["result"][5]  # one image: no batch-relative columns

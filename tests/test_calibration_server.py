@@ -23,7 +23,7 @@ AXES = ("geometry", "material", "texture", "overall")
 
 
 @pytest.fixture(scope="module")
-def env(comfyui_server, comfy_base_dir):
+def env(comfyui_server, comfy_base_dir, comfy_inprocess):  # in-process ComfyUI first: it cannot start once Playwright runs
     files = nodes_setup.install_weights(comfy_base_dir)
     core = load(files["head"], backbone_weights=files["backbone"])
     torch.manual_seed(8)
@@ -86,6 +86,10 @@ def test_score_with_a_reference_and_select_best_by_percentile(env):
     np.testing.assert_allclose(payload["percentiles"], expected.percentiles.numpy(), atol=1e-3)
     np.testing.assert_allclose(payload["win"], expected.win.numpy(), atol=1e-5)
     assert payload["calibration"] == {"label": "vs reference server_pool (60 images)", "reference": "server_pool", "batch_relative": False}
+    scores_chart, percentile_chart = payload["charts"]
+    assert scores_chart["value_label"] == "score" and scores_chart["values"] == payload["scores"]
+    assert percentile_chart["value_label"] == "percentile" and percentile_chart["value_range"] == [0.0, 100.0]
+    assert percentile_chart["values"] == payload["percentiles"] and percentile_chart["note"] == "vs reference server_pool (60 images)"
     text = harness.ComfyUIClient.outputs(first, "31")["text"][0]
     assert "pct" in text and "vs reference server_pool" in text
     assert float(harness.ComfyUIClient.outputs(first, "37")["text"][0]) == pytest.approx(expected.percentiles[:, 3].mean().item(), abs=1e-3)
@@ -136,7 +140,9 @@ TEXTS_JS = """async ([id]) => {
     } finally {
         CanvasRenderingContext2D.prototype.fillText = original;
     }
-    return {texts: drawn, calibration: node.creward.data.calibration, percentiles: node.creward.data.percentiles};
+    // Captions drawn on the canvas, or shown in the DOM (a renderer that draws the bars as DOM widgets).
+    const captions = [...document.querySelectorAll(".creward-value-label")].map((element) => element.textContent);
+    return {texts: drawn.concat(captions), calibration: node.creward.data.calibration, percentiles: node.creward.data.percentiles};
 }"""
 
 
@@ -146,13 +152,13 @@ def test_the_score_node_draws_percentile_bars_in_the_web_ui(env, browser_page):
     report = harness.load_workflow_in_ui(page, env.client.base_url, graph(), name="calibrated")
     assert report["missing_node_types"] == [], report
     history = harness.run_in_ui(page, env.client, timeout=180)
-    page.wait_for_function("() => { const n = window.app.graph.getNodeById(31); return n && n.creward && n.creward.drawn > 0; }", timeout=30_000)
+    page.wait_for_function("() => { const n = window.app.graph.getNodeById(31); return n && n.creward && n.creward.data; }", timeout=30_000)
     page.evaluate("""() => { const c = window.app.canvas, n = window.app.graph.getNodeById(31);
         c.ds.scale = 1.0; c.ds.offset = [-n.pos[0] + 40, -n.pos[1] + 80]; }""")
     seen = page.evaluate(TEXTS_JS, ["31"])
     assert seen["calibration"]["reference"] == "server_pool"
     assert seen["percentiles"] == ui(history, "31", "creward_scores")["percentiles"]
-    assert any(text.startswith("percentile vs reference server_pool") for text in seen["texts"]), [t for t in seen["texts"] if "ercent" in t or "geometry" in t]
+    assert any(text.startswith("percentile \u00b7 vs reference server_pool") for text in seen["texts"]), [t for t in seen["texts"] if "ercent" in t or "geometry" in t]
     errors = [line for line in page.console_log if line.startswith("pageerror") or "creward.js" in line]
     assert errors == [], errors
     harness.save_screenshot(page, "creward-percentile-bars")

@@ -1,12 +1,12 @@
 // CREward: draw each image's scores as bars on the CREward Score / Score Latent / Select Best nodes.
 //
 // The nodes send {"ui": {"creward_scores": [payload]}} (Select Best: "creward_selection") with
-// payload = {axes, ids, scores: [[g, m, t, o], ...], mean, title, chosen?, percentiles?, win?,
-// calibration?: {label, reference, batch_relative}}. onExecuted keeps the payload on the node
-// (node.creward) and onDrawForeground draws one group of bars per image below the widgets, the
-// chosen images of Select Best on a shaded background. With a reference set connected the bars are
-// the percentiles (0-100, dashed line at 50), labelled "percentile vs reference ..."; otherwise the
-// raw scores, labelled "scores". Colours match creward/models/plots.py (AXIS_COLORS).
+// payload = {axes, ids, scores: [[g, m, t, o], ...], mean, title, chosen?, charts?}. onExecuted
+// keeps the payload on the node (node.creward) and onDrawForeground draws one group of bars per
+// image below the widgets, the chosen images of Select Best on a shaded background. With a
+// reference set connected, the last chart is the percentiles (0-100), captioned "percentile ·
+// vs reference ..."; otherwise the scores, captioned "score". Colours match
+// creward/models/plots.py (AXIS_COLORS).
 import { app } from "../../scripts/app.js";
 
 const NODE_TYPES = new Set(["CREwardScore", "CREwardScoreLatent", "CREwardSelectBest"]);
@@ -28,13 +28,15 @@ function payloadOf(message) {
   return null;
 }
 
-// What the bars show: percentiles against a reference set when the payload has them, else the scores.
+// What the bars show: the last of the payload's charts ({values, value_label, value_range, note},
+// as ScoreTable.chart builds them: the percentiles against a reference come after the scores),
+// else the scores.
 function chartValues(data) {
-  const calibration = data.calibration;
-  if (calibration && !calibration.batch_relative && Array.isArray(data.percentiles)) {
-    return { rows: data.percentiles, range: [0, 100], midline: 50, label: "percentile " + calibration.label };
-  }
-  return { rows: data.scores || [], range: null, midline: null, label: "scores" };
+  const charts = Array.isArray(data.charts) ? data.charts.filter((chart) => chart && Array.isArray(chart.values)) : [];
+  const chart = charts[charts.length - 1];
+  if (!chart) return { rows: data.scores || [], range: null, label: "score" };
+  const range = Array.isArray(chart.value_range) && chart.value_range[1] > chart.value_range[0] ? chart.value_range : null;
+  return { rows: chart.values, range, label: [chart.value_label || "score", chart.note].filter(Boolean).join(" \u00b7 ") };
 }
 
 function drawChart(ctx, node, data) {
@@ -77,11 +79,6 @@ function drawChart(ctx, node, data) {
   });
   ctx.strokeStyle = "#444"; ctx.lineWidth = 1;
   ctx.beginPath(); ctx.moveTo(MARGIN, y(0)); ctx.lineTo(MARGIN + width, y(0)); ctx.stroke();
-  if (view.midline !== null) {
-    ctx.save(); ctx.setLineDash([4, 4]); ctx.strokeStyle = "#888";
-    ctx.beginPath(); ctx.moveTo(MARGIN, y(view.midline)); ctx.lineTo(MARGIN + width, y(view.midline)); ctx.stroke();
-    ctx.restore();
-  }
 
   ctx.font = "10px sans-serif"; ctx.textBaseline = "middle"; ctx.textAlign = "left";
   let lx = MARGIN + 4;
