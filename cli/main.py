@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "score",
     "score_dataset",
     "select",
+    "calibrate",
     "explain",
     "convert",
     "info",

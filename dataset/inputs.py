@@ -121,7 +121,7 @@ def _read_list(path: Path, path_column: str, columns: tuple[str, ...]) -> list[t
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise MissingDependencyError("pyarrow", "reading Parquet path lists", "'comfyui-creward[dataset]' (or: pip install pyarrow)") from None
+            raise MissingDependencyError("pyarrow", "reading Parquet path lists", "'comfyui-creward[parquet]' (or: pip install pyarrow)") from None
         try:
             schema = pq.read_schema(path)
         except Exception as error:  # pyarrow raises ArrowInvalid/OSError for a file that is not Parquet

@@ -49,7 +49,7 @@ def require_pyarrow(feature: str = "creward score-dataset"):
         import pyarrow  # noqa: F401
         import pyarrow.parquet  # noqa: F401
     except ImportError:
-        raise MissingDependencyError("pyarrow", feature, "'comfyui-creward[dataset]' (or: pip install pyarrow)") from None
+        raise MissingDependencyError("pyarrow", feature, "'comfyui-creward[parquet]' (or: pip install pyarrow)") from None
     import pyarrow
 
     return pyarrow

@@ -1,9 +1,11 @@
 // CREward: draw each image's scores as bars on the CREward Score / Score Latent / Select Best nodes.
 //
 // The nodes send {"ui": {"creward_scores": [payload]}} (Select Best: "creward_selection") with
-// payload = {axes, ids, scores: [[g, m, t, o], ...], mean, title, chosen?}. onExecuted keeps the
-// payload on the node (node.creward) and onDrawForeground draws one group of bars per image below
-// the widgets, the chosen images of Select Best on a shaded background. Colours match
+// payload = {axes, ids, scores: [[g, m, t, o], ...], mean, title, chosen?, charts?}. onExecuted
+// keeps the payload on the node (node.creward) and onDrawForeground draws one group of bars per
+// image below the widgets, the chosen images of Select Best on a shaded background. With a
+// reference set connected, the last chart is the percentiles (0-100), captioned "percentile ·
+// vs reference ..."; otherwise the scores, captioned "score". Colours match
 // creward/models/plots.py (AXIS_COLORS).
 import { app } from "../../scripts/app.js";
 
@@ -26,20 +28,37 @@ function payloadOf(message) {
   return null;
 }
 
+// What the bars show: the last of the payload's charts ({values, value_label, value_range, note},
+// as ScoreTable.chart builds them: the percentiles against a reference come after the scores),
+// else the scores.
+function chartValues(data) {
+  const charts = Array.isArray(data.charts) ? data.charts.filter((chart) => chart && Array.isArray(chart.values)) : [];
+  const chart = charts[charts.length - 1];
+  if (!chart) return { rows: data.scores || [], range: null, label: "score" };
+  const range = Array.isArray(chart.value_range) && chart.value_range[1] > chart.value_range[0] ? chart.value_range : null;
+  return { rows: chart.values, range, label: [chart.value_label || "score", chart.note].filter(Boolean).join(" \u00b7 ") };
+}
+
 function drawChart(ctx, node, data) {
   const width = node.size[0] - 2 * MARGIN;
   const top = node.size[1] - CHART_HEIGHT - MARGIN;
-  const legendH = 16, labelH = 14;
-  const plotTop = top + legendH, plotH = CHART_HEIGHT - legendH - labelH;
-  const rows = data.scores || [];
+  const captionH = 14, legendH = 16, labelH = 14;  // caption: what the bars are; legend: the axes
+  const legendTop = top + captionH;
+  const plotTop = legendTop + legendH, plotH = CHART_HEIGHT - captionH - legendH - labelH;
+  const view = chartValues(data);
+  const rows = view.rows;
   const axes = data.axes || [];
   if (!rows.length || !axes.length || width < 40) return;
   let lo = 0, hi = 0;
-  for (const row of rows) for (const v of row) if (v !== null && isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
-  if (hi - lo < 1e-9) hi = lo + 1;
-  const pad = 0.06 * (hi - lo);
-  hi += pad; if (lo < 0) lo -= pad;
-  const y = (v) => plotTop + ((hi - v) / (hi - lo)) * plotH;
+  if (view.range) {
+    [lo, hi] = view.range;
+  } else {
+    for (const row of rows) for (const v of row) if (v !== null && isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    if (hi - lo < 1e-9) hi = lo + 1;
+    const pad = 0.06 * (hi - lo);
+    hi += pad; if (lo < 0) lo -= pad;
+  }
+  const y = (v) => plotTop + ((hi - Math.min(hi, Math.max(lo, v))) / (hi - lo)) * plotH;
 
   ctx.save();
   ctx.fillStyle = "rgba(255,255,255,0.92)";
@@ -64,13 +83,18 @@ function drawChart(ctx, node, data) {
   ctx.font = "10px sans-serif"; ctx.textBaseline = "middle"; ctx.textAlign = "left";
   let lx = MARGIN + 4;
   axes.forEach((axis, a) => {
-    ctx.fillStyle = colorOf(axis, a); ctx.fillRect(lx, top + 4, 8, 8);
-    ctx.fillStyle = "#222"; ctx.fillText(axis, lx + 11, top + 8);
+    ctx.fillStyle = colorOf(axis, a); ctx.fillRect(lx, legendTop + 4, 8, 8);
+    ctx.fillStyle = "#222"; ctx.fillText(axis, lx + 11, legendTop + 8);
     lx += 15 + ctx.measureText(axis).width + 6;
   });
-  ctx.fillStyle = "#555"; ctx.textAlign = "right";
-  ctx.fillText(hi.toFixed(2), MARGIN + width - 2, plotTop + 5);
-  ctx.fillText(lo.toFixed(2), MARGIN + width - 2, plotTop + plotH - 5);
+  ctx.fillStyle = "#555";
+  let label = view.label;  // shortened to the node's width
+  while (label.length > 8 && ctx.measureText(label + "\u2026").width > width - 8) label = label.slice(0, -1);
+  ctx.fillText(label === view.label ? label : label + "\u2026", MARGIN + 4, top + 8);
+  ctx.textAlign = "right";
+  const tick = (v) => (view.range ? String(v) : v.toFixed(2));
+  ctx.fillText(tick(hi), MARGIN + width - 2, plotTop + 5);
+  ctx.fillText(tick(lo), MARGIN + width - 2, plotTop + plotH - 5);
   ctx.textAlign = "center"; ctx.fillStyle = "#222";
   const every = Math.max(1, Math.ceil(24 / groupW));
   (data.ids || []).forEach((id, r) => {
