@@ -104,7 +104,27 @@ def safetensors_keys(path: str | os.PathLike) -> list[str]:
         raise WeightsError(f"{path} is not a readable safetensors file: {error}") from error
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def why_not_loadable(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in words (without torch's advice to
+    turn ``weights_only`` off: CREward never loads pickled code)."""
+    text = str(error)
+    if "TorchScript" in text:
+        return "it is a TorchScript archive, not a checkpoint of tensors"
+    detail = text.rsplit("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if "WeightsUnpickler error:" in text else ""
+    if "Unsupported global" in detail:
+        return f"it holds Python objects or code besides tensors ({detail.rstrip('.')}), and CREward reads tensors only"
+    return "it is neither a safetensors file nor a PyTorch checkpoint of tensors"
+
+
+def load_pickle_weights_only(path: str | os.PathLike):
+    """``torch.load(path, weights_only=True)`` on the CPU; a ``ValueError`` saying why not otherwise."""
+    try:
+        return torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # weights_only refuses pickles carrying code or objects; other files fail to parse
+        raise ValueError(why_not_loadable(error)) from error
+
+
+def read_state_dict(path: str | os.PathLike, what: str = "backbone weights") -> dict[str, torch.Tensor]:
     """A single weight file: safetensors, or a pickle loaded weights-only (nothing else is trusted)."""
     path = Path(path)
     if not path.is_file():
@@ -112,12 +132,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return read_safetensors(path)
     try:
-        loaded = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # weights_only refuses pickles carrying code or objects
-        raise WeightsError(
-            f"{path} could not be read as a plain state dict (weights-only load; TorchScript archives and "
-            f"pickles carrying objects are refused): {error}"
-        ) from error
+        loaded = load_pickle_weights_only(path)
+    except ValueError as error:
+        raise WeightsError(f"{path} is not {what}: {error}") from error
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
             loaded = loaded[wrapper]
