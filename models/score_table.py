@@ -72,26 +72,67 @@ class ScoreTable:
         return [{"id": image_id, **dict(zip(self.axes, row))} for image_id, row in zip(self.ids, self.values.tolist())]
 
     def summary(self, max_rows: int = 32, digits: int = 3) -> str:
-        """A small fixed-width text table: one line per image (up to ``max_rows``) and the mean."""
-        width = max(len(axis) for axis in self.axes)
-        width = max(width, digits + 4)
-        header = "image  " + "  ".join(axis[:width].rjust(width) for axis in self.axes)
-        lines = [header]
-        for image_id, row in list(zip(self.ids, self.values.tolist()))[:max_rows]:
-            lines.append(f"{('#' + str(image_id)).ljust(5)}  " + "  ".join(f"{value:{width}.{digits}f}" for value in row))
+        """The scores as a Markdown table: one line per image (up to ``max_rows``), then the mean.
+
+        Its columns are padded, so it reads as an aligned table as plain text too (Preview as
+        Text in plain mode) and renders as a table where Markdown is rendered (Preview as Text in
+        the bundled front end, or in Markdown mode).
+        """
+        labels = [f"#{image_id}" for image_id in self.ids[:max_rows]] + (["mean"] if len(self) > 1 else [])
+        rows = self.values.tolist()[:max_rows] + ([self.mean().tolist()] if len(self) > 1 else [])
+        first = max(len("image"), *(len(label) for label in labels))
+        widths = [max(len(axis), digits + 3) for axis in self.axes]
+        lines = [
+            "| " + " | ".join(["image".ljust(first), *(axis.rjust(width) for axis, width in zip(self.axes, widths))]) + " |",
+            "|:" + "-" * (first + 1) + "|" + "|".join("-" * (width + 1) + ":" for width in widths) + "|",
+        ]
+        for label, row in zip(labels, rows):
+            cells = [f"{value:.{digits}f}" if value == value else "nan" for value in row]
+            lines.append("| " + " | ".join([label.ljust(first), *(cell.rjust(width) for cell, width in zip(cells, widths))]) + " |")
         if len(self) > max_rows:
-            lines.append(f"... {len(self) - max_rows} more")
-        if len(self) > 1:
-            lines.append("mean   " + "  ".join(f"{value:{width}.{digits}f}" for value in self.mean().tolist()))
+            lines.append(f"\n{len(self) - max_rows} more image(s) not listed.")
         return "\n".join(lines)
 
     def to_payload(self) -> dict:
-        """JSON-safe form (the ComfyUI front end draws bars from it)."""
+        """JSON-safe form, sent to the ComfyUI front end."""
         return {
             "axes": list(self.axes),
             "ids": list(self.ids),
             "scores": [[_json_float(value) for value in row] for row in self.values.tolist()],
             "mean": [_json_float(value) for value in self.mean().tolist()] if len(self) else [],
+        }
+
+    def chart(
+        self,
+        title: str,
+        values: torch.Tensor | None = None,
+        value_label: str = "score",
+        value_range: tuple[float, float] | None = None,
+        highlight: Sequence[int] = (),
+        note: str | None = None,
+    ) -> dict:
+        """One bar chart for ``web/creward.js``: a group of bars per image, a bar per axis.
+
+        Args:
+            values: what the bars show, shaped like ``self.values`` (default: the scores);
+                another kind of value (percentiles, win probabilities) goes here.
+            value_label: what the values are, written on the chart ("score", "percentile").
+            value_range: the value axis, e.g. ``(0, 100)``; None fits the values (always with 0).
+            highlight: row positions drawn on a shaded background (e.g. the chosen images).
+            note: a short caption after ``value_label`` (e.g. the precision in use).
+        """
+        values = self.values if values is None else torch.as_tensor(values, dtype=torch.float32)
+        if tuple(values.shape) != tuple(self.values.shape):
+            raise CREwardError(f"chart values should be shaped {tuple(self.values.shape)} like the scores, got {tuple(values.shape)}")
+        return {
+            "title": title,
+            "series": list(self.axes),
+            "labels": [f"#{image_id}" for image_id in self.ids],
+            "values": [[_json_float(value) for value in row] for row in values.tolist()],
+            "value_label": value_label,
+            "value_range": list(value_range) if value_range is not None else None,
+            "highlight": [int(row) for row in highlight],
+            "note": note,
         }
 
 

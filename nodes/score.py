@@ -1,7 +1,8 @@
 """``CREwardScore`` (IMAGE) and ``CREwardScoreLatent`` (LATENT + VAE): per-image creativity scores.
 
 Both return a ``CREWARD_SCORES`` value (every image's four scores), one FLOAT per axis and a text
-summary, and send the scores to the UI, where ``web/creward.js`` draws them as bars on the node.
+summary (a Markdown table), and send the scores to the UI, where ``web/creward.js`` draws them as
+bars on the node: the payload's ``charts`` (``ScoreTable.chart``) say what to draw.
 
 For a batch, each FLOAT output is the **mean** over the images (for one image, its score).
 """
@@ -28,12 +29,12 @@ SCORE_OUTPUT_NAMES = ("scores", *AXES, "summary")
 SCORE_OUTPUT_TOOLTIPS = (
     "Every image's scores (geometry, material, texture, overall), for CREward Select Best and CREward Plot Scores.",
     *(f"{axis.capitalize()} creativity: the mean over the batch (for a single image, its score)." for axis in AXES),
-    "The scores as a small text table (one line per image, and the mean).",
+    "The scores as a Markdown table (one line per image, and the mean); reads as an aligned table as plain text too.",
 )
 
 
-def score_outputs(table: ScoreTable, title: str) -> dict:
-    """``{"ui": ..., "result": ...}`` shared by the scoring nodes."""
+def score_outputs(table: ScoreTable, title: str, note: str | None = None) -> dict:
+    """``{"ui": ..., "result": ...}`` shared by the scoring nodes (``note``: a caption for the bars)."""
     mean = table.mean()
     floats = []
     for axis in AXES:
@@ -43,7 +44,7 @@ def score_outputs(table: ScoreTable, title: str) -> dict:
             logger.warning("this CREward head has no %r output (its axes: %s); that output is NaN", axis, table.axes)
             floats.append(math.nan)
     summary = table.summary()
-    payload = {**table.to_payload(), "title": title}
+    payload = {**table.to_payload(), "title": title, "charts": [table.chart(title, note=note)]}
     return {"ui": {UI_KEY: [payload], "text": [summary]}, "result": (table, *floats, summary)}
 
 
@@ -89,7 +90,7 @@ class CREwardScore:
         bar = _progress_bar(images.shape[0])
         values = creward.score_images(images, batch_size, progress=bar.update_absolute)
         table = ScoreTable(values, creward.axes)
-        return score_outputs(table, f"CREward ({len(table)} image{'s' if len(table) != 1 else ''})")
+        return score_outputs(table, f"CREward ({len(table)} image{'s' if len(table) != 1 else ''})", creward.short_description)
 
 
 def mask_boxes(noise_mask: torch.Tensor, count: int, height: int, width: int) -> list[tuple[int, int, int, int] | None]:
@@ -185,7 +186,7 @@ class CREwardScoreLatent:
             rows.append(values)
             bar.update_absolute(min(start + decode_batch_size, count))
         table = ScoreTable(torch.cat(rows), creward.axes, ids)
-        return score_outputs(table, f"CREward ({len(table)} latent{'s' if len(table) != 1 else ''})")
+        return score_outputs(table, f"CREward ({len(table)} latent{'s' if len(table) != 1 else ''})", creward.short_description)
 
 
 def check_latent(latent, vae) -> torch.Tensor:

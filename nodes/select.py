@@ -164,9 +164,11 @@ class CREwardSelectBest:
         if selection.fell_back:
             text = (f"WARNING: no image reached {selection.criterion} >= {selection.minimum:g}; kept the best one.\n") + text
         indices = ",".join(str(row) for row in chosen)
+        title = f"CREward Select Best (by {selection.criterion})"
         payload = {
             **table.to_payload(),
-            "title": f"CREward Select Best (by {selection.criterion})",
+            "title": title,
+            "charts": [table.chart(title, highlight=chosen, note=f"chosen: {', '.join(f'#{table.ids[row]}' for row in chosen)}")],
             "chosen": chosen,
             "rejected": rejected,
             "values": [value if math.isfinite(value) else None for value in selection.values.tolist()],
