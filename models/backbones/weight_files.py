@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -106,13 +107,14 @@ def safetensors_keys(path: str | os.PathLike) -> list[str]:
 
 def why_not_loadable(error: Exception) -> str:
     """Why ``torch.load(weights_only=True)`` refused a file, in words (without torch's advice to
-    turn ``weights_only`` off: CREward never loads pickled code)."""
+    turn ``weights_only`` off or allow-list classes: CREward never loads pickled code)."""
     text = str(error)
     if "TorchScript" in text:
-        return "it is a TorchScript archive, not a checkpoint of tensors"
-    detail = text.rsplit("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if "WeightsUnpickler error:" in text else ""
-    if "Unsupported global" in detail:
-        return f"it holds Python objects or code besides tensors ({detail.rstrip('.')}), and CREward reads tensors only"
+        return "it is a TorchScript archive, not a checkpoint of tensors (files are read weights-only)"
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return (f"it holds Python objects ({found.group(1).rstrip('.')}), not only tensors; CREward reads weight files "
+                f"weights-only and never runs pickled code")
     return "it is neither a safetensors file nor a PyTorch checkpoint of tensors"
 
 
