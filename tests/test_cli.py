@@ -393,3 +393,10 @@ def test_score_json_reproduces_the_official_formula_for_every_backbone(backbone,
     assert code == 0
     got = torch.tensor([[item[axis] for axis in AXES] for item in items])
     torch.testing.assert_close(got, official_scores(backbone, weights_path, head, paths), atol=1e-4, rtol=0)
+
+
+def test_the_cli_default_pixel_limit_is_the_library_one():
+    from creward.cli.common import MAX_PIXELS_DEFAULT
+    from creward.models.preprocess import MAX_DECODE_PIXELS
+
+    assert MAX_PIXELS_DEFAULT == MAX_DECODE_PIXELS  # kept apart only so that parsing needs no torch
