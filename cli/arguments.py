@@ -72,6 +72,14 @@ def unit_interval(text: str) -> float:
     return value
 
 
+def percentile_value(text: str) -> float:
+    """A number from 0 to 100 (both included)."""
+    value = _number(text, float, "a number")
+    if not 0.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"expected a percentile between 0 and 100, got {text}")
+    return value
+
+
 def fraction_below_one(text: str) -> float:
     """A number from 0 up to, not including, 1."""
     value = _number(text, float, "a number")

@@ -53,6 +53,25 @@ def load_model_from_args(args: argparse.Namespace):
     return model
 
 
+def add_reference_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("calibration against a reference set (built with `creward calibrate`)")
+    group.add_argument("--reference", metavar="REF", help="reference file: adds each image's percentile (0-100) and win probability (0-1) against it")
+    group.add_argument("--group", metavar="NAME", help="compare with this group of the reference (default: a folder-grouped reference uses each image's folder name, otherwise the whole set)")
+
+
+def load_reference_from_args(args: argparse.Namespace):
+    """The ``--reference`` file, checked against the head that will score (before the backbone loads); None without one."""
+    if not getattr(args, "reference", None):
+        return None
+    from ..models.locate import find_head
+    from ..models.reference_set import ReferenceSet
+    from ..models.scorer_identity import ScorerIdentity
+
+    reference = ReferenceSet.load(args.reference)
+    reference.check_scorer(ScorerIdentity.of_head_file(find_head(args.head, args.backbone), args.backbone))
+    return reference
+
+
 def progress_bar(total: int, description: str):
     from tqdm import tqdm
 

@@ -26,6 +26,7 @@ LOGGER_NAME = _PACKAGE.rsplit(".", 1)[0]  # "creward": every module logs below i
 COMMANDS = (
     Command("score", f"{_PACKAGE}.score", "score images (files or folders, recursive)"),
     Command("select", f"{_PACKAGE}.select", "copy the top-k most creative images into a folder with a manifest"),
+    Command("calibrate", f"{_PACKAGE}.calibrate", "build a reference set (percentiles, win probabilities) from images or score files"),
     Command("explain", f"{_PACKAGE}.explain", "Grad-CAM heatmaps: which image regions drive each axis score"),
     Command("convert", f"{_PACKAGE}.convert", "convert an official reward_head_best.ckpt into a safetensors head file"),
     Command("info", f"{_PACKAGE}.info", "show what a CREward head file holds"),

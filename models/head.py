@@ -14,11 +14,17 @@ Head files are safetensors with those keys and string metadata:
 - ``creward.version``: the format version (``"1"``);
 - optional extras written by training (``creward.data``, ``creward.metrics``, ...).
 
+Every head read has a **content hash** (:func:`head_hash`, ``HeadInfo.content_hash``): SHA-256 over
+its tensors' names, shapes and float32 values, so the same weights have the same hash whatever the
+file is called and whether it is the official ``.ckpt`` or its safetensors conversion. Reference
+sets and score files record it to tell which head made their scores.
+
 The official ``.ckpt`` (a pickled state dict) is read with ``torch.load(weights_only=True)`` only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -70,6 +76,21 @@ class HeadInfo:
     feature_dim: int
     version: str | None
     metadata: dict[str, str] = field(default_factory=dict)
+    content_hash: str | None = None  # head_hash() of the tensors; None for heads built in memory
+
+
+def head_hash(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of a head's state dict: sorted names, shapes and float32 little-endian values.
+
+    Independent of the file's name and format (official ``.ckpt`` or safetensors) and of any
+    wrapper prefix (``head.``/``module.``; pass the stripped state dict, as ``read_head_file`` does).
+    """
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().to(device="cpu", dtype=torch.float32).contiguous()
+        digest.update(f"{key}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.numpy().astype("<f4", copy=False).tobytes())
+    return digest.hexdigest()
 
 
 def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -166,6 +187,7 @@ def read_head_file(path: str | os.PathLike, backbone: str | None = None) -> tupl
         feature_dim=feature_dim,
         version=metadata.get("creward.version"),
         metadata=metadata,
+        content_hash=head_hash(state),
     )
     return state, info
 

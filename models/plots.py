@@ -59,8 +59,13 @@ def plot_scores(
     title: str | None = None,
     height: int = 360,
     width: int | None = None,
+    y_range: tuple[float, float] | None = None,
+    midline: float | None = None,
 ):
     """Draw scores ``[N, len(axes)]`` as grouped bars; returns an RGB ``PIL.Image``.
+
+    Percentiles (``y_range=(0, 100), midline=50``) and win probabilities (``(0, 1)``, ``0.5``)
+    are drawn the same way, on a fixed scale with a dashed line at the middle.
 
     Args:
         values: scores, one row per image.
@@ -70,6 +75,8 @@ def plot_scores(
         title: optional text at the top left.
         height: image height in pixels (>= 120).
         width: image width; default grows with N (about 14 px per bar), capped at 4096.
+        y_range: fixed (low, high) of the value axis; default: from the values (always including 0).
+        midline: value at which to draw a dashed line (e.g. 50 for percentiles).
     """
     from PIL import Image, ImageDraw
 
@@ -89,12 +96,17 @@ def plot_scores(
         raise CREwardError(f"plot width {width} is too small for {count} images")
 
     finite = values[torch.isfinite(values)]
-    low = min(0.0, finite.min().item()) if finite.numel() else 0.0
-    high = max(0.0, finite.max().item()) if finite.numel() else 1.0
-    if high - low < 1e-9:
-        high, low = high + 1.0, low - (1.0 if low < 0 else 0.0)
-    pad = 0.06 * (high - low)
-    low, high = (low - pad if low < 0 else low), high + pad
+    if y_range is not None:
+        low, high = float(y_range[0]), float(y_range[1])
+        if not high > low:
+            raise CREwardError(f"plot value range should be (low, high) with high > low, got {y_range}")
+    else:
+        low = min(0.0, finite.min().item()) if finite.numel() else 0.0
+        high = max(0.0, finite.max().item()) if finite.numel() else 1.0
+        if high - low < 1e-9:
+            high, low = high + 1.0, low - (1.0 if low < 0 else 0.0)
+        pad = 0.06 * (high - low)
+        low, high = (low - pad if low < 0 else low), high + pad
 
     image = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(image)
@@ -115,8 +127,12 @@ def plot_scores(
         y = y_of(tick)
         draw.line([(left, y), (width - right, y)], fill=(232, 232, 232))
         draw.text((left - 6, y), f"{tick:.3g}", fill=(90, 90, 90), font=small, anchor="rm")
-    zero = y_of(0.0)
+    zero = y_of(min(max(0.0, low), high))
     draw.line([(left, zero), (width - right, zero)], fill=(60, 60, 60), width=1)
+    if midline is not None and low < midline < high:
+        y = y_of(midline)
+        for x in range(left, width - right, 8):
+            draw.line([(x, y), (min(x + 4, width - right), y)], fill=(120, 120, 120), width=1)
     draw.line([(left, top), (left, top + plot_h)], fill=(60, 60, 60), width=1)
 
     inner = group_w * 0.8
@@ -130,7 +146,7 @@ def plot_scores(
                 continue
             bx0 = x0 + column * bar_w
             bx1 = max(bx0 + 1, bx0 + bar_w - (1 if bar_w > 3 else 0))
-            y = y_of(value)
+            y = y_of(min(max(value, low), high))
             draw.rectangle([bx0, min(y, zero), bx1, max(y, zero)], fill=axis_color(axis, column))
         if row % label_every == 0:
             draw.text((left + (row + 0.5) * group_w, top + plot_h + 6), f"#{ids[row]}", fill=(40, 40, 40), font=small, anchor="mt")

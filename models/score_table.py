@@ -2,6 +2,10 @@
 
 This is the value ComfyUI passes between CREward nodes as ``CREWARD_SCORES``; it is plain data
 (no ComfyUI, no model), so the CLI and tests can build and read it too.
+
+When the scores were calibrated against a reference set, ``calibration`` carries each image's
+percentile and win probability (``creward.models.calibration``); without one,
+:meth:`ScoreTable.calibrated` gives the batch-relative view (each image against the others).
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from typing import Sequence
 import torch
 
 from .axes import AXES
+from .calibration import Calibration, calibrate_within_batch
 from .errors import CREwardError
+from .scorer_identity import ScorerIdentity
 
 
 @dataclass(frozen=True)
@@ -21,11 +27,15 @@ class ScoreTable:
 
     ``ids`` are the images' numbers for people: row positions ``0..N-1`` for an IMAGE batch, the
     latent's ``batch_index`` entries for a LATENT batch. Selection always works on row positions.
+    ``calibration``: percentiles and win probabilities against a reference set, or None.
+    ``scorer``: the head/backbone that made the scores, when known (checked against references).
     """
 
     values: torch.Tensor
     axes: tuple[str, ...] = AXES
     ids: tuple[int, ...] | None = None
+    calibration: Calibration | None = None
+    scorer: ScorerIdentity | None = None
 
     def __post_init__(self):
         values = torch.as_tensor(self.values).detach().to(device="cpu", dtype=torch.float32)
@@ -34,6 +44,8 @@ class ScoreTable:
         ids = tuple(range(values.shape[0])) if self.ids is None else tuple(int(i) for i in self.ids)
         if len(ids) != values.shape[0]:
             raise CREwardError(f"{len(ids)} image ids given for {values.shape[0]} rows of scores")
+        if self.calibration is not None and tuple(self.calibration.percentiles.shape) != tuple(values.shape):
+            raise CREwardError(f"calibration shaped {tuple(self.calibration.percentiles.shape)} for scores shaped {tuple(values.shape)}")
         object.__setattr__(self, "values", values)
         object.__setattr__(self, "axes", tuple(self.axes))
         object.__setattr__(self, "ids", ids)
@@ -55,7 +67,16 @@ class ScoreTable:
     def take(self, rows: Sequence[int]) -> "ScoreTable":
         """The rows at these positions (in this order), keeping their ids."""
         rows = [int(row) for row in rows]
-        return ScoreTable(self.values[rows] if rows else self.values[:0], self.axes, tuple(self.ids[row] for row in rows))
+        calibration = None if self.calibration is None else self.calibration.take(rows)
+        return ScoreTable(self.values[rows] if rows else self.values[:0], self.axes, tuple(self.ids[row] for row in rows), calibration, self.scorer)
+
+    def with_calibration(self, calibration: Calibration | None) -> "ScoreTable":
+        """The same scores carrying ``calibration`` (vs a reference set)."""
+        return ScoreTable(self.values, self.axes, self.ids, calibration, self.scorer)
+
+    def calibrated(self) -> Calibration:
+        """Percentiles and win probabilities: vs the reference when calibrated, else within this batch."""
+        return self.calibration if self.calibration is not None else calibrate_within_batch(self.values)
 
     @staticmethod
     def concat(tables: Sequence["ScoreTable"]) -> "ScoreTable":
@@ -65,42 +86,93 @@ class ScoreTable:
         for table in tables[1:]:
             if table.axes != axes:
                 raise CREwardError(f"cannot join scores over different axes: {axes} and {table.axes}")
-        return ScoreTable(torch.cat([table.values for table in tables]), axes, tuple(i for table in tables for i in table.ids))
+        calibration = None
+        calibrations = [table.calibration for table in tables]
+        if all(c is not None for c in calibrations) and len({c.reference for c in calibrations}) == 1:
+            labels = {c.label for c in calibrations}
+            calibration = Calibration(
+                torch.cat([c.percentiles for c in calibrations]), torch.cat([c.win for c in calibrations]),
+                labels.pop() if len(labels) == 1 else f"vs reference {calibrations[0].reference}", calibrations[0].reference,
+                None if any(c.groups is None for c in calibrations) else tuple(g for c in calibrations for g in c.groups),
+            )
+        values = torch.cat([table.values for table in tables])
+        scorers = {table.scorer for table in tables}
+        scorer = scorers.pop() if len(scorers) == 1 else None
+        return ScoreTable(values, axes, tuple(i for table in tables for i in table.ids), calibration, scorer)
 
     def rows(self) -> list[dict]:
-        """``[{"id": 0, "geometry": ..., ...}, ...]``."""
-        return [{"id": image_id, **dict(zip(self.axes, row))} for image_id, row in zip(self.ids, self.values.tolist())]
+        """``[{"id": 0, "geometry": ..., ...}, ...]`` (+ ``<axis>_percentile``/``<axis>_win`` when calibrated)."""
+        rows = [{"id": image_id, **dict(zip(self.axes, row))} for image_id, row in zip(self.ids, self.values.tolist())]
+        if self.calibration is not None:
+            for row, percentiles, win in zip(rows, self.calibration.percentiles.tolist(), self.calibration.win.tolist()):
+                row.update({f"{axis}_percentile": _json_float(value) for axis, value in zip(self.axes, percentiles)})
+                row.update({f"{axis}_win": _json_float(value) for axis, value in zip(self.axes, win)})
+        return rows
 
-    def summary(self, max_rows: int = 32, digits: int = 3) -> str:
+    def summary(self, max_rows: int = 32, digits: int = 3, calibration: Calibration | None = None) -> str:
         """The scores as a Markdown table: one line per image (up to ``max_rows``), then the mean.
 
         Its columns are padded, so it reads as an aligned table as plain text too (Preview as
         Text in plain mode) and renders as a table where Markdown is rendered (Preview as Text in
-        the bundled front end, or in Markdown mode).
+        the bundled front end, or in Markdown mode). With ``calibration``, each line also has the
+        percentiles (``pct``) and win probabilities (``win``) per axis, and a last line says what
+        they are relative to.
         """
-        labels = [f"#{image_id}" for image_id in self.ids[:max_rows]] + (["mean"] if len(self) > 1 else [])
-        rows = self.values.tolist()[:max_rows] + ([self.mean().tolist()] if len(self) > 1 else [])
-        first = max(len("image"), *(len(label) for label in labels))
-        widths = [max(len(axis), digits + 3) for axis in self.axes]
+        names = ["image", *self.axes]
+        formats = [None] + [f".{digits}f"] * len(self.axes)
+        if calibration is not None:
+            names += [f"pct {axis[:4]}" for axis in self.axes] + [f"win {axis[:4]}" for axis in self.axes]
+            formats += [".1f"] * len(self.axes) + [".2f"] * len(self.axes)
+        shown = min(len(self), max_rows)
+        rows = []
+        for position in range(shown):
+            row = [f"#{self.ids[position]}", *self.values[position].tolist()]
+            if calibration is not None:
+                row += calibration.percentiles[position].tolist() + calibration.win[position].tolist()
+            rows.append(row)
+        if len(self) > 1:
+            row = ["mean", *self.mean().tolist()]
+            if calibration is not None:
+                if calibration.is_batch_relative:  # the mean of batch-relative values says nothing
+                    row += [None] * (2 * len(self.axes))
+                else:
+                    row += calibration.percentiles.nanmean(0).tolist() + calibration.win.nanmean(0).tolist()
+            rows.append(row)
+        cells = [[row[0]] + ["" if value is None else "nan" if value != value else f"{value:{spec}}" for value, spec in zip(row[1:], formats[1:])] for row in rows]
+        widths = [max(len(name), *(len(row[column]) for row in cells)) for column, name in enumerate(names)]
         lines = [
-            "| " + " | ".join(["image".ljust(first), *(axis.rjust(width) for axis, width in zip(self.axes, widths))]) + " |",
-            "|:" + "-" * (first + 1) + "|" + "|".join("-" * (width + 1) + ":" for width in widths) + "|",
+            "| " + " | ".join([names[0].ljust(widths[0]), *(name.rjust(width) for name, width in zip(names[1:], widths[1:]))]) + " |",
+            "|:" + "-" * (widths[0] + 1) + "|" + "|".join("-" * (width + 1) + ":" for width in widths[1:]) + "|",
         ]
-        for label, row in zip(labels, rows):
-            cells = [f"{value:.{digits}f}" if value == value else "nan" for value in row]
-            lines.append("| " + " | ".join([label.ljust(first), *(cell.rjust(width) for cell, width in zip(cells, widths))]) + " |")
+        for row in cells:
+            lines.append("| " + " | ".join([row[0].ljust(widths[0]), *(cell.rjust(width) for cell, width in zip(row[1:], widths[1:]))]) + " |")
         if len(self) > max_rows:
             lines.append(f"\n{len(self) - max_rows} more image(s) not listed.")
+        if calibration is not None:
+            lines.append(f"\npct = percentile (0-100), win = win probability (0-1), {calibration.label}")
         return "\n".join(lines)
 
-    def to_payload(self) -> dict:
-        """JSON-safe form, sent to the ComfyUI front end."""
-        return {
+    def to_payload(self, calibration: Calibration | None = None) -> dict:
+        """JSON-safe form (the ComfyUI front end draws bars from it).
+
+        With ``calibration``: ``percentiles`` and ``win`` (``[N, axes]``, null for NaN) and
+        ``calibration`` = ``{"label", "reference", "batch_relative"}`` saying what they are relative to.
+        """
+        payload = {
             "axes": list(self.axes),
             "ids": list(self.ids),
             "scores": [[_json_float(value) for value in row] for row in self.values.tolist()],
             "mean": [_json_float(value) for value in self.mean().tolist()] if len(self) else [],
         }
+        if calibration is not None:
+            payload["percentiles"] = [[_json_float(value) for value in row] for row in calibration.percentiles.tolist()]
+            payload["win"] = [[_json_float(value) for value in row] for row in calibration.win.tolist()]
+            payload["calibration"] = {
+                "label": calibration.label,
+                "reference": calibration.reference,
+                "batch_relative": calibration.is_batch_relative,
+            }
+        return payload
 
     def chart(
         self,
@@ -134,6 +206,15 @@ class ScoreTable:
             "highlight": [int(row) for row in highlight],
             "note": note,
         }
+
+    def charts(self, title: str, highlight: Sequence[int] = (), note: str | None = None) -> list[dict]:
+        """The charts the nodes show: the scores, then, when calibrated against a reference, the percentiles."""
+        charts = [self.chart(title, highlight=highlight, note=note)]
+        if self.calibration is not None:
+            charts.append(self.chart(
+                title, self.calibration.percentiles, "percentile", (0.0, 100.0), highlight, self.calibration.label,
+            ))
+        return charts
 
 
 def _json_float(value: float) -> float | None:

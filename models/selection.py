@@ -9,7 +9,9 @@ Rules, in order:
 1. ranking value of image i = ``scores[i] @ weights`` (one axis = a one-hot weight vector; the
    weighted sum is *not* normalised: the minimum applies to ``sum_a w_a * score_a`` as given);
 2. an image passes when its value is ``>= minimum`` (every image passes without a minimum);
-   a NaN value never passes and ranks last;
+   a NaN value never passes and ranks last. With ``threshold`` (e.g. each image's percentile
+   against a reference set, ``creward.models.calibration``), the minimum applies to those values
+   instead, while the ranking stays by score;
 3. passing images are sorted by value, best first; ties keep input order (stable sort);
 4. the first ``top_k`` are chosen (``top_k=0`` keeps every passing image; a ``top_k`` above the
    number passing keeps all of them);
@@ -78,13 +80,16 @@ class Selection:
     minimum: float | None
     passed: int
     fell_back: bool = False
+    threshold: torch.Tensor | None = None
+    threshold_name: str | None = None
 
     def describe(self) -> str:
         """One line for logs and the UI."""
         kept = ", ".join(f"{index} ({self.values[index].item():.4f})" for index in self.chosen) or "none"
         text = f"ranked by {self.criterion}"
         if self.minimum is not None:
-            text += f", minimum {self.minimum:g}: {self.passed} of {len(self.values)} passed"
+            what = f" {self.threshold_name}" if self.threshold_name else ""
+            text += f", minimum{what} {self.minimum:g}: {self.passed} of {len(self.values)} passed"
         text += f"; chosen: {kept}"
         if self.fell_back:
             text += " (nothing passed: kept the best)"
@@ -136,6 +141,8 @@ def select_indices(
     minimum: float | None = None,
     when_none_pass: str = "error",
     axes: Sequence[str] = AXES,
+    threshold: torch.Tensor | None = None,
+    threshold_name: str | None = None,
 ) -> Selection:
     """Choose the best rows of ``scores`` (see the module docstring for the exact rules).
 
@@ -145,6 +152,9 @@ def select_indices(
         top_k: how many to keep, best first; 0 keeps every row that passes the minimum.
         minimum: keep only rows whose ranking value is ``>= minimum``; None for no minimum.
         when_none_pass: ``"error"``, ``"keep best"`` or ``"empty"``.
+        threshold: optional ``[N]`` values the minimum applies to instead of the ranking value
+            (e.g. percentiles); NaN never passes.
+        threshold_name: what ``threshold`` is, in words (e.g. ``"overall percentile"``).
 
     Returns:
         A :class:`Selection`.
@@ -164,6 +174,12 @@ def select_indices(
     count = len(values)
     if count == 0:
         raise CREwardError("no scores to select from (empty batch)")
+    if threshold is not None:
+        threshold = torch.as_tensor(threshold).detach().float().cpu().flatten()
+        if threshold.numel() != count:
+            raise CREwardError(f"{threshold.numel()} threshold values for {count} rows of scores")
+    limit = values if threshold is None else threshold
+    limit_name = threshold_name or criterion
     is_nan = torch.isnan(values)
     if is_nan.all():
         raise CREwardError(f"every {criterion} score is NaN: the model produced no usable scores")
@@ -171,18 +187,19 @@ def select_indices(
     rankable = torch.where(is_nan, torch.full_like(values, -math.inf), values)
     order = torch.sort(rankable, descending=True, stable=True).indices.tolist()
     order = [index for index in order if not is_nan[index]] + [index for index in order if is_nan[index]]
-    passing = [index for index in order if not is_nan[index] and (minimum is None or values[index].item() >= minimum)]
+    passing = [index for index in order if not is_nan[index] and (minimum is None or limit[index].item() >= minimum)]
     fell_back = False
     if passing:
         chosen = passing if top_k == 0 else passing[:top_k]
     elif when_none_pass == "error":
-        best = order[0]
-        raise NothingPassedError(criterion, float(minimum), values[best].item(), best, count)
+        best = _best_of(limit, order)
+        raise NothingPassedError(limit_name, float(minimum), limit[best].item(), best, count)
     elif when_none_pass == "keep best":
         chosen = order[:1]
         fell_back = True
+        best = _best_of(limit, order)
         logger.warning(
-            "no image reached %s >= %g (best: %.4f, image %d); keeping the best one", criterion, minimum, values[order[0]].item(), order[0]
+            "no image reached %s >= %g (best: %.4f, image %d); keeping the best one", limit_name, minimum, limit[best].item(), best
         )
     else:
         chosen = []
@@ -196,4 +213,15 @@ def select_indices(
         minimum=None if minimum is None else float(minimum),
         passed=len(passing),
         fell_back=fell_back,
+        threshold=threshold,
+        threshold_name=threshold_name if threshold is not None else None,
     )
+
+
+def _best_of(limit: torch.Tensor, order: list[int]) -> int:
+    """The row with the highest non-NaN ``limit`` value (the first in ranking order on ties)."""
+    best = order[0]
+    for index in order:  # ranking order: the first of equal values wins
+        if not torch.isnan(limit[index]) and (torch.isnan(limit[best]) or limit[index] > limit[best]):
+            best = index
+    return best

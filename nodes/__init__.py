@@ -10,6 +10,7 @@ from .explain import CREwardExplain
 from .loader import CREwardLoader
 from .model_folders import register_model_folders
 from .plot import CREwardPlotScores
+from .reference import CREwardReferenceLoader
 from .score import CREwardScore, CREwardScoreLatent
 from .select import CREwardSelectBest
 
@@ -17,6 +18,7 @@ register_model_folders()
 
 NODE_CLASS_MAPPINGS = {
     "CREwardLoader": CREwardLoader,
+    "CREwardReferenceLoader": CREwardReferenceLoader,
     "CREwardScore": CREwardScore,
     "CREwardScoreLatent": CREwardScoreLatent,
     "CREwardSelectBest": CREwardSelectBest,
@@ -28,6 +30,7 @@ NODE_CLASS_MAPPINGS = {
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "CREwardLoader": "CREward Loader",
+    "CREwardReferenceLoader": "CREward Reference Loader",
     "CREwardScore": "CREward Score",
     "CREwardScoreLatent": "CREward Score Latent",
     "CREwardSelectBest": "CREward Select Best",

@@ -95,4 +95,4 @@ class CREwardExplain:
         heatmaps, scores = gradcam(creward.model, images, target, block=block, batch_size=1, channels_last=True, progress=after_image)
         pictures = overlay(images.movedim(-1, 1).float().cpu(), heatmaps, alpha).movedim(1, -1)
         device = model_management.intermediate_device()
-        return (pictures.to(device), heatmaps.to(device), ScoreTable(scores, creward.axes))
+        return (pictures.to(device), heatmaps.to(device), ScoreTable(scores, creward.axes, scorer=creward.scorer))

@@ -76,6 +76,13 @@ class ManagedCREward:
     def image_size(self) -> int:
         return self.model.image_size
 
+    @property
+    def scorer(self):
+        """The ``ScorerIdentity`` (head hash, backbone, axes) of the loaded model."""
+        from ..models.scorer_identity import ScorerIdentity
+
+        return ScorerIdentity.of_model(self.model)
+
     def load(self, batch_size: int) -> None:
         """Make sure the model sits on its load device (ComfyUI frees room for a batch first)."""
         import comfy.model_management as model_management

@@ -8,6 +8,8 @@
   registered as ``creward_backbones`` (so ``extra_model_paths.yaml`` can add more places).
 - ``models/clip_vision/``: ComfyUI's CLIP vision files, offered as ``clip_vision/<name>``
   (``clip_vision_l.safetensors`` is OpenAI's ViT-L/14, the ``clip`` backbone).
+- ``models/creward/references/``: reference sets (``*.json`` from ``creward calibrate``),
+  registered as ``creward_references``.
 
 ``auto`` backbone weights: the backbone's usual names (``BackboneSpec.default_names``) in the
 backbone folders, then (for ``clip``) ``clip_vision/clip_vision_l.safetensors``, then the
@@ -26,11 +28,13 @@ import folder_paths
 from ..models.backbones.registry import BackboneSpec
 from ..models.errors import WeightsError
 from ..models.head import HEAD_FILE_SUFFIXES, is_head_file
+from ..models.reference_set import REFERENCE_SUFFIX
 
 logger = logging.getLogger(__name__)
 
 HEAD_FOLDER = "creward"
 BACKBONE_FOLDER = "creward_backbones"
+REFERENCE_FOLDER = "creward_references"
 CLIP_VISION_FOLDER = "clip_vision"
 CLIP_VISION_PREFIX = "clip_vision/"
 AUTO = "auto"
@@ -39,12 +43,29 @@ CLIP_VISION_L = "clip_vision_l.safetensors"
 
 
 def register_model_folders() -> None:
-    """Register ``models/creward`` and ``models/creward/backbones`` with explicit extensions."""
-    for name, relative in ((HEAD_FOLDER, "creward"), (BACKBONE_FOLDER, os.path.join("creward", "backbones"))):
+    """Register ``models/creward``, ``models/creward/backbones`` and ``models/creward/references`` with explicit extensions."""
+    folders = (
+        (HEAD_FOLDER, "creward", HEAD_FILE_SUFFIXES),
+        (BACKBONE_FOLDER, os.path.join("creward", "backbones"), BACKBONE_FILE_SUFFIXES),
+        (REFERENCE_FOLDER, os.path.join("creward", "references"), (REFERENCE_SUFFIX,)),
+    )
+    for name, relative, suffixes in folders:
         folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, relative), is_default=True)
         paths, extensions = folder_paths.folder_names_and_paths[name]
-        suffixes = HEAD_FILE_SUFFIXES if name == HEAD_FOLDER else BACKBONE_FILE_SUFFIXES
         folder_paths.folder_names_and_paths[name] = (paths, set(extensions or ()) | set(suffixes))
+
+
+def reference_folders() -> list[str]:
+    return folder_paths.get_folder_paths(REFERENCE_FOLDER)
+
+
+def list_references() -> list[str]:
+    """Reference files (``*.json``) in the ``creward_references`` folders (relative names)."""
+    return list(folder_paths.get_filename_list(REFERENCE_FOLDER))
+
+
+def reference_path(name: str) -> str | None:
+    return folder_paths.get_full_path(REFERENCE_FOLDER, name) if name else None
 
 
 def head_folders() -> list[str]:

@@ -5,6 +5,12 @@ summary (a Markdown table), and send the scores to the UI, where ``web/creward.j
 bars on the node: the payload's ``charts`` (``ScoreTable.chart``) say what to draw.
 
 For a batch, each FLOAT output is the **mean** over the images (for one image, its score).
+
+With a ``reference`` (CREward Reference Loader) connected, every image also gets its percentile
+and win probability against the reference (carried in ``scores``, shown in the summary and the
+bars, and the batch's mean percentile per axis as the ``*_percentile`` FLOAT outputs, NaN without
+a reference). Without one, the summary and the UI show the batch-relative view (each image
+against the others in the batch), labelled as such.
 """
 
 from __future__ import annotations
@@ -24,28 +30,50 @@ logger = logging.getLogger(__name__)
 CATEGORY = "CREward"
 UI_KEY = "creward_scores"
 REGIONS = ("whole image", "noise_mask area")
-SCORE_OUTPUT_TYPES = ("CREWARD_SCORES", "FLOAT", "FLOAT", "FLOAT", "FLOAT", "STRING")
-SCORE_OUTPUT_NAMES = ("scores", *AXES, "summary")
+SCORE_OUTPUT_TYPES = ("CREWARD_SCORES", "FLOAT", "FLOAT", "FLOAT", "FLOAT", "STRING", "FLOAT", "FLOAT", "FLOAT", "FLOAT")
+SCORE_OUTPUT_NAMES = ("scores", *AXES, "summary", *(f"{axis}_percentile" for axis in AXES))
 SCORE_OUTPUT_TOOLTIPS = (
-    "Every image's scores (geometry, material, texture, overall), for CREward Select Best and CREward Plot Scores.",
+    "Every image's scores (geometry, material, texture, overall), for CREward Select Best and CREward Plot Scores; "
+    "with a reference connected, also their percentiles and win probabilities.",
     *(f"{axis.capitalize()} creativity: the mean over the batch (for a single image, its score)." for axis in AXES),
-    "The scores as a Markdown table (one line per image, and the mean); reads as an aligned table as plain text too.",
+    "The scores as a Markdown table (one line per image, and the mean; with percentiles and win probabilities); reads "
+    "as an aligned table as plain text too.",
+    *(f"{axis.capitalize()} percentile (0-100) against the connected reference: the mean over the batch (for a single "
+      f"image, its percentile). NaN when no reference is connected." for axis in AXES),
 )
+REFERENCE_INPUT = ("CREWARD_REFERENCE", {
+    "tooltip": "Optional: a reference set from CREward Reference Loader. Each image then gets its percentile (0-100) and "
+    "win probability (0-1) against it, shown on the node and carried in 'scores'.",
+})
+
+
+def _per_axis(values: torch.Tensor, axes: tuple[str, ...]) -> list[float]:
+    floats = []
+    for axis in AXES:
+        if axis in axes:
+            floats.append(float(values[axes.index(axis)]))
+        else:
+            logger.warning("this CREward head has no %r output (its axes: %s); that output is NaN", axis, axes)
+            floats.append(math.nan)
+    return floats
 
 
 def score_outputs(table: ScoreTable, title: str, note: str | None = None) -> dict:
-    """``{"ui": ..., "result": ...}`` shared by the scoring nodes (``note``: a caption for the bars)."""
-    mean = table.mean()
-    floats = []
-    for axis in AXES:
-        if axis in table.axes:
-            floats.append(float(mean[table.axes.index(axis)]))
-        else:
-            logger.warning("this CREward head has no %r output (its axes: %s); that output is NaN", axis, table.axes)
-            floats.append(math.nan)
-    summary = table.summary()
-    payload = {**table.to_payload(), "title": title, "charts": [table.chart(title, note=note)]}
-    return {"ui": {UI_KEY: [payload], "text": [summary]}, "result": (table, *floats, summary)}
+    """``{"ui": ..., "result": ...}`` shared by the scoring nodes (``note``: a caption for the score bars)."""
+    floats = _per_axis(table.mean(), table.axes)
+    if table.calibration is not None:
+        percentiles = _per_axis(table.calibration.percentiles.nanmean(dim=0), table.axes)
+    else:
+        percentiles = [math.nan] * len(AXES)
+    calibration = table.calibrated()  # vs the reference, else within this batch
+    summary = table.summary(calibration=calibration if table.calibration is not None or len(table) > 1 else None)
+    payload = {**table.to_payload(calibration), "title": title, "charts": table.charts(title, note=note)}
+    return {"ui": {UI_KEY: [payload], "text": [summary]}, "result": (table, *floats, summary, *percentiles)}
+
+
+def with_reference(table: ScoreTable, reference) -> ScoreTable:
+    """``table`` calibrated against the ``reference`` input (a ``ChosenReference``), or as is."""
+    return table if reference is None else reference.calibrate(table, input_name="reference")
 
 
 def _progress_bar(total: int):
@@ -70,6 +98,7 @@ class CREwardScore:
                     "tooltip": "Images per forward pass: lower it if the device runs out of memory.",
                     "advanced": True,
                 }),
+                "reference": REFERENCE_INPUT,
             },
         }
 
@@ -81,15 +110,16 @@ class CREwardScore:
     OUTPUT_NODE = True
     DESCRIPTION = (
         "Scores how creative each image is on geometry, material, texture and overall (higher = more creative). "
-        "Scores are relative: compare images of the same subject. The FLOAT outputs are batch means."
+        "Scores are relative: compare images of the same subject, or connect a reference (CREward Reference Loader) "
+        "to get each image's percentile and win probability against your subject. The FLOAT outputs are batch means."
     )
     SEARCH_ALIASES = ["creativity score", "rate images"]
 
-    def score(self, creward, images, batch_size=8):
+    def score(self, creward, images, batch_size=8, reference=None):
         images = as_rgb(images, "images")
         bar = _progress_bar(images.shape[0])
         values = creward.score_images(images, batch_size, progress=bar.update_absolute)
-        table = ScoreTable(values, creward.axes)
+        table = with_reference(ScoreTable(values, creward.axes, scorer=creward.scorer), reference)
         return score_outputs(table, f"CREward ({len(table)} image{'s' if len(table) != 1 else ''})", creward.short_description)
 
 
@@ -136,6 +166,7 @@ class CREwardScoreLatent:
                     "noise_mask (inpainting), score only the bounding box of the masked (regenerated) area; images "
                     "whose mask is empty are scored whole.",
                 }),
+                "reference": REFERENCE_INPUT,
             },
         }
 
@@ -151,7 +182,7 @@ class CREwardScoreLatent:
     )
     SEARCH_ALIASES = ["creativity score latent"]
 
-    def score(self, creward, latent, vae, decode_batch_size=4, region=REGIONS[0]):
+    def score(self, creward, latent, vae, decode_batch_size=4, region=REGIONS[0], reference=None):
         import comfy.model_management as model_management
 
         if region not in REGIONS:
@@ -185,7 +216,7 @@ class CREwardScoreLatent:
                 values = creward.score_images(images, decode_batch_size)
             rows.append(values)
             bar.update_absolute(min(start + decode_batch_size, count))
-        table = ScoreTable(torch.cat(rows), creward.axes, ids)
+        table = with_reference(ScoreTable(torch.cat(rows), creward.axes, ids, scorer=creward.scorer), reference)
         return score_outputs(table, f"CREward ({len(table)} latent{'s' if len(table) != 1 else ''})", creward.short_description)
 
 

@@ -7,6 +7,12 @@ noise_mask and batch_index) and of an optional MASK, with the same indices, best
 When nothing reaches the minimum, ``when_none_pass`` decides: ``error`` stops the run with an
 error naming the minimum and the best score; ``keep best`` returns the single best image and
 logs a warning (also shown in the node's text). The node never returns an empty selection.
+
+``minimum_of`` says what the minimum is: a raw ``score`` (the default, as before), a
+``percentile`` (0–100) or a ``win probability`` (0–1) on the ``rank_by`` axis, against the
+``reference`` input, else against the reference the scores were calibrated with (CREward Score
+with a reference), else within this batch (labelled so in the node's text). Ranking is always by
+score.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ UI_KEY = "creward_selection"
 WEIGHTED = "weighted sum"
 RANK_BY = (*AXES, WEIGHTED)
 WHEN_NONE_PASS = ("error", "keep best")
+MINIMUM_OF = ("score", "percentile", "win probability")
 
 
 def take_rows(tensor: torch.Tensor, rows: list[int], count: int) -> torch.Tensor:
@@ -80,8 +87,9 @@ class CREwardSelectBest:
                 }),
                 "minimum": ("FLOAT", {
                     "default": 0.0, "min": -1000.0, "max": 1000.0, "step": 0.01,
-                    "tooltip": "The minimum ranking score (the axis, or the weighted sum) when use_minimum is on. "
-                    "Scores are relative: calibrate it on your own images.",
+                    "tooltip": "The minimum when use_minimum is on: a ranking score (the axis, or the weighted sum), or a "
+                    "percentile / win probability (see minimum_of). Raw scores are relative: a percentile against a "
+                    "reference of your subject says what a good score is.",
                 }),
                 "when_none_pass": (list(WHEN_NONE_PASS), {
                     "default": "error",
@@ -97,6 +105,16 @@ class CREwardSelectBest:
                 "creward": ("CREWARD", {"tooltip": "Or a CREward model: the images are scored here when 'scores' is not connected."}),
                 "latent": ("LATENT", {"tooltip": "Optional latents of the same batch: the same samples are selected."}),
                 "mask": ("MASK", {"tooltip": "Optional masks of the same batch (one per image, or one for all)."}),
+                "minimum_of": (list(MINIMUM_OF), {
+                    "default": "score",
+                    "tooltip": "What 'minimum' is: a raw score, a percentile (0-100: 90 keeps the top 10 %) or a win "
+                    "probability (0-1: 0.8 = beats a random reference image 80 % of the time) on the rank_by axis, against "
+                    "the reference (else within this batch).",
+                }),
+                "reference": ("CREWARD_REFERENCE", {
+                    "tooltip": "Optional reference set (CREward Reference Loader) for a percentile or win-probability "
+                    "minimum. Without it: the reference the scores were calibrated with, else this batch.",
+                }),
             },
         }
 
@@ -121,14 +139,34 @@ class CREwardSelectBest:
 
     def select(self, images, rank_by, top_k, use_minimum, minimum, when_none_pass, geometry_weight=1.0,
                material_weight=1.0, texture_weight=1.0, overall_weight=0.0, scores=None, creward=None,
-               latent=None, mask=None):
+               latent=None, mask=None, minimum_of="score", reference=None):
         as_rgb(images, "images")
         count = images.shape[0]
         if when_none_pass not in WHEN_NONE_PASS:
             raise CREwardError(f"when_none_pass: unknown choice {when_none_pass!r}; expected one of {', '.join(WHEN_NONE_PASS)}")
         if rank_by not in RANK_BY:
             raise CREwardError(f"rank_by: unknown choice {rank_by!r}; expected one of {', '.join(RANK_BY)}")
+        if minimum_of not in MINIMUM_OF:
+            raise CREwardError(f"minimum_of: unknown choice {minimum_of!r}; expected one of {', '.join(MINIMUM_OF)}")
+        if use_minimum and minimum_of != "score":
+            if rank_by == WEIGHTED:
+                raise CREwardError(
+                    f"minimum_of: a {minimum_of} compares one axis with its reference distribution; choose an axis in "
+                    f"rank_by (a weighted sum has no reference distribution), or set minimum_of to 'score'"
+                )
+            bounds = (0.0, 100.0) if minimum_of == "percentile" else (0.0, 1.0)
+            if not bounds[0] <= minimum <= bounds[1]:
+                raise CREwardError(f"minimum: a {minimum_of} minimum should be between {bounds[0]:g} and {bounds[1]:g}, got {minimum:g}")
         table = self._scores(images, scores, creward)
+        if reference is not None:
+            table = reference.calibrate(table, scorer=table.scorer or (creward.scorer if creward is not None else None))
+        calibration = table.calibrated()
+        threshold, threshold_name = None, None
+        if use_minimum and minimum_of != "score":
+            if rank_by not in table.axes:
+                raise CREwardError(f"rank_by: these scores have no {rank_by!r} axis (axes: {', '.join(table.axes)})")
+            threshold = calibration.values(minimum_of)[:, table.axes.index(rank_by)]
+            threshold_name = f"{rank_by} {minimum_of} {calibration.label}"
         if latent is not None and latent["samples"].shape[0] != count:
             raise CREwardError(f"latent: {latent['samples'].shape[0]} samples for {count} images; they must be the same batch")
         if mask is not None:
@@ -144,7 +182,10 @@ class CREwardSelectBest:
         else:
             by = rank_by
         try:
-            selection = select_indices(table.values, by, top_k, minimum if use_minimum else None, when_none_pass, table.axes)
+            selection = select_indices(
+                table.values, by, top_k, minimum if use_minimum else None, when_none_pass, table.axes,
+                threshold=threshold, threshold_name=threshold_name,
+            )
         except NothingPassedError as error:
             raise CREwardError(
                 f"minimum: {error}. Lower 'minimum', or set 'when_none_pass' to 'keep best' to keep the single best image"
@@ -162,18 +203,21 @@ class CREwardSelectBest:
             out_mask = torch.zeros((len(chosen), images.shape[1], images.shape[2]), dtype=torch.float32, device=images.device)
         text = selection.describe()
         if selection.fell_back:
-            text = (f"WARNING: no image reached {selection.criterion} >= {selection.minimum:g}; kept the best one.\n") + text
+            text = (f"WARNING: no image reached {threshold_name or selection.criterion} >= {selection.minimum:g}; kept the best one.\n") + text
+        if threshold is None and table.calibration is not None:
+            text += f"\npercentiles: {calibration.label}"
         indices = ",".join(str(row) for row in chosen)
         title = f"CREward Select Best (by {selection.criterion})"
         payload = {
-            **table.to_payload(),
+            **table.to_payload(calibration),
             "title": title,
-            "charts": [table.chart(title, highlight=chosen, note=f"chosen: {', '.join(f'#{table.ids[row]}' for row in chosen)}")],
+            "charts": table.charts(title, highlight=chosen, note=f"chosen: {', '.join(f'#{table.ids[row]}' for row in chosen)}"),
             "chosen": chosen,
             "rejected": rejected,
             "values": [value if math.isfinite(value) else None for value in selection.values.tolist()],
             "criterion": selection.criterion,
             "minimum": selection.minimum,
+            "minimum_of": minimum_of if use_minimum else None,
             "passed": selection.passed,
             "fell_back": selection.fell_back,
         }
@@ -192,4 +236,4 @@ class CREwardSelectBest:
         import comfy.utils
 
         bar = comfy.utils.ProgressBar(count)
-        return ScoreTable(creward.score_images(images, 8, progress=bar.update_absolute), creward.axes)
+        return ScoreTable(creward.score_images(images, 8, progress=bar.update_absolute), creward.axes, scorer=creward.scorer)

@@ -336,7 +336,7 @@ def test_cuda_device_on_a_machine_without_cuda_is_a_usage_error(images, tmp_path
 
 
 @pytest.mark.parametrize("argv", [
-    ["--help"], ["--version"], ["score", "--help"], ["select", "--help"], ["explain", "--help"], ["convert", "--help"],
+    ["--help"], ["--version"], ["score", "--help"], ["select", "--help"], ["calibrate", "--help"], ["explain", "--help"], ["convert", "--help"],
     ["info", "--help"], ["download", "--help"], ["train", "--help"], ["train", "label", "--help"],
     ["train", "features", "--help"], ["train", "fit", "--help"], ["train", "eval", "--help"],
     ["score", "x.png", "--batch-size", "0"], ["select", "x.png", "--top-k", "1", "--out", "o", "--weights", "1,2"],
@@ -360,7 +360,7 @@ def help_text(capsys, *argv) -> str:
 
 def test_help_is_written_for_users(capsys):
     texts = {}
-    for command in ("score", "select", "explain", "convert", "info", "download", "train"):
+    for command in ("score", "select", "calibrate", "explain", "convert", "info", "download", "train"):
         texts[command] = help_text(capsys, command)
         assert "``" not in texts[command] and "models." not in texts[command] and "temporary file" not in texts[command], texts[command]
     assert "one before the last" in texts["explain"]  # what --block's default really is for CLS-pooled models

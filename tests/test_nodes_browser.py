@@ -187,7 +187,9 @@ def test_example_workflow_loads_queues_and_draws_score_bars(env, browser_page, n
 
 @pytest.fixture(scope="module")
 def newest(comfyui_server_newest_frontend, env):
-    return comfyui_server_newest_frontend
+    yield comfyui_server_newest_frontend
+    # The servers share one user settings file: leave the classic renderer for the other tests.
+    env.post("/settings/Comfy.VueNodes.Enabled", json=False).raise_for_status()
 
 
 @pytest.mark.parametrize("renderer", RENDERERS)

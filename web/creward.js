@@ -7,7 +7,8 @@
 //
 // What is drawn comes from the node's UI output, {"ui": {"creward_scores": [payload]}} (Select
 // Best: "creward_selection"; the loader: "creward_loaded": [{"text"}]). payload.charts is a list
-// of charts, drawn one under the other; each chart is
+// of charts, drawn one under the other (with a reference set: the scores, then the percentiles
+// on a fixed 0-100 scale, whose middle is dashed); each chart is
 //   {title, series: [names], labels: [row labels], values: [[v per series] per row] (null =
 //    missing), value_label: what the numbers are ("score", "percentile", ...), value_range:
 //    [lo, hi] or null (fit the data, always including 0), highlight: [row indices], note}
@@ -68,9 +69,14 @@ export function chartsOf(payload) {
   }];
 }
 
-function valueRange(chart) {
+function fixedRange(chart) {
   const fixed = chart.value_range;
-  if (Array.isArray(fixed) && isNumber(fixed[0]) && isNumber(fixed[1]) && fixed[1] > fixed[0]) return [fixed[0], fixed[1]];
+  return Array.isArray(fixed) && isNumber(fixed[0]) && isNumber(fixed[1]) && fixed[1] > fixed[0] ? [fixed[0], fixed[1]] : null;
+}
+
+function valueRange(chart) {
+  const fixed = fixedRange(chart);
+  if (fixed) return fixed;
   let lo = 0, hi = 0;
   for (const row of chart.values) for (const v of row || []) if (isNumber(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
   if (hi - lo < 1e-9) hi = lo + 1;
@@ -142,6 +148,10 @@ function renderChart(chart, parent) {
   });
   const zero = y(Math.max(lo, Math.min(hi, 0)));
   svg("line", { x1: "0%", x2: BARS_WIDTH + "%", y1: zero, y2: zero, stroke: "#444", "stroke-width": 1 }, plot);
+  if (fixedRange(chart)) {  // a fixed scale (percentiles 0-100, win probabilities 0-1): its middle, dashed
+    const middle = y((lo + hi) / 2);
+    svg("line", { x1: "0%", x2: BARS_WIDTH + "%", y1: middle, y2: middle, stroke: "#888", "stroke-width": 1, "stroke-dasharray": "4 3", class: "creward-midline" }, plot);
+  }
   svg("text", { x: "99.5%", y: 9, "text-anchor": "end", fill: "#555", "font-size": 10 }, plot).textContent = formatValue(hi);
   svg("text", { x: "99.5%", y: PLOT_HEIGHT - 3, "text-anchor": "end", fill: "#555", "font-size": 10 }, plot).textContent = formatValue(lo);
 
