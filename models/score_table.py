@@ -114,43 +114,28 @@ class ScoreTable:
 
         Its columns are padded, so it reads as an aligned table as plain text too (Preview as
         Text in plain mode) and renders as a table where Markdown is rendered (Preview as Text in
-        the bundled front end, or in Markdown mode). With ``calibration``, each line also has the
-        percentiles (``pct``) and win probabilities (``win``) per axis, and a last line says what
-        they are relative to.
+        the bundled front end, or in Markdown mode). With ``calibration``, two tables of the same
+        shape follow (percentiles 0-100, win probabilities 0-1) and a last line says what they
+        are relative to; each table stays as narrow as the first.
         """
-        names = ["image", *self.axes]
-        formats = [None] + [f".{digits}f"] * len(self.axes)
-        if calibration is not None:
-            names += [f"pct {axis[:4]}" for axis in self.axes] + [f"win {axis[:4]}" for axis in self.axes]
-            formats += [".1f"] * len(self.axes) + [".2f"] * len(self.axes)
         shown = min(len(self), max_rows)
-        rows = []
-        for position in range(shown):
-            row = [f"#{self.ids[position]}", *self.values[position].tolist()]
-            if calibration is not None:
-                row += calibration.percentiles[position].tolist() + calibration.win[position].tolist()
-            rows.append(row)
-        if len(self) > 1:
-            row = ["mean", *self.mean().tolist()]
-            if calibration is not None:
-                if calibration.is_batch_relative:  # the mean of batch-relative values says nothing
-                    row += [None] * (2 * len(self.axes))
-                else:
-                    row += calibration.percentiles.nanmean(0).tolist() + calibration.win.nanmean(0).tolist()
-            rows.append(row)
-        cells = [[row[0]] + ["" if value is None else "nan" if value != value else f"{value:{spec}}" for value, spec in zip(row[1:], formats[1:])] for row in rows]
-        widths = [max(len(name), *(len(row[column]) for row in cells)) for column, name in enumerate(names)]
-        lines = [
-            "| " + " | ".join([names[0].ljust(widths[0]), *(name.rjust(width) for name, width in zip(names[1:], widths[1:]))]) + " |",
-            "|:" + "-" * (widths[0] + 1) + "|" + "|".join("-" * (width + 1) + ":" for width in widths[1:]) + "|",
-        ]
-        for row in cells:
-            lines.append("| " + " | ".join([row[0].ljust(widths[0]), *(cell.rjust(width) for cell, width in zip(row[1:], widths[1:]))]) + " |")
-        if len(self) > max_rows:
-            lines.append(f"\n{len(self) - max_rows} more image(s) not listed.")
+        labels = [f"#{image_id}" for image_id in self.ids[:shown]] + (["mean"] if len(self) > 1 else [])
+        tables = [("image", self.values, f".{digits}f", self.mean())]
         if calibration is not None:
-            lines.append(f"\npct = percentile (0-100), win = win probability (0-1), {calibration.label}")
-        return "\n".join(lines)
+            relative = calibration.is_batch_relative  # the mean of batch-relative values says nothing
+            tables.append(("percentile", calibration.percentiles, ".1f", None if relative else calibration.percentiles.nanmean(0)))
+            tables.append(("win prob.", calibration.win, ".2f", None if relative else calibration.win.nanmean(0)))
+        parts = []
+        for name, values, spec, mean in tables:
+            with_mean = len(self) > 1 and mean is not None
+            rows = values.tolist()[:shown] + ([mean.tolist()] if with_mean else [])
+            parts.append(_markdown_table([name, *self.axes], labels if with_mean else labels[:shown], rows, spec))
+        text = "\n\n".join(parts)
+        if len(self) > max_rows:
+            text += f"\n\n{len(self) - max_rows} more image(s) not listed."
+        if calibration is not None:
+            text += f"\n\npercentile (0-100), win probability (0-1): {calibration.label}"
+        return text
 
     def to_payload(self, calibration: Calibration | None = None) -> dict:
         """JSON-safe form (the ComfyUI front end draws bars from it).
@@ -215,6 +200,18 @@ class ScoreTable:
                 title, self.calibration.percentiles, "percentile", (0.0, 100.0), highlight, self.calibration.label,
             ))
         return charts
+
+
+def _markdown_table(names: Sequence[str], labels: Sequence[str], rows: Sequence[Sequence[float | None]], spec: str) -> str:
+    """A padded Markdown table: the first column left-aligned labels, the others right-aligned numbers."""
+    cells = [[label] + ["" if value is None else "nan" if value != value else f"{value:{spec}}" for value in row] for label, row in zip(labels, rows)]
+    widths = [max(len(name), *(len(row[column]) for row in cells)) for column, name in enumerate(names)]
+    lines = [
+        "| " + " | ".join([names[0].ljust(widths[0]), *(name.rjust(width) for name, width in zip(names[1:], widths[1:]))]) + " |",
+        "|:" + "-" * (widths[0] + 1) + "|" + "|".join("-" * (width + 1) + ":" for width in widths[1:]) + "|",
+    ]
+    lines += ["| " + " | ".join([row[0].ljust(widths[0]), *(cell.rjust(width) for cell, width in zip(row[1:], widths[1:]))]) + " |" for row in cells]
+    return "\n".join(lines)
 
 
 def _json_float(value: float) -> float | None:

@@ -80,16 +80,17 @@ PREVIEW_JS = """([id]) => {
     const node = window.app.graph.getNodeById(Number(id));
     const widgets = (node.widgets || []).map(w => w.element || w.inputEl).filter(Boolean);
     for (const element of widgets) {
-        const table = element.querySelector && element.querySelector("table");
-        if (table) return {kind: "markdown", rows: [...table.querySelectorAll("tr")].map(tr => [...tr.children].map(td => td.textContent.trim()))};
+        const tables = element.querySelectorAll ? [...element.querySelectorAll("table")] : [];
+        if (tables.length) return {kind: "markdown", rows: tables.flatMap(t => [...t.querySelectorAll("tr")]).map(tr => [...tr.children].map(td => td.textContent.trim()))};
     }
     const area = [...document.querySelectorAll("textarea")].find(t => t.value.startsWith("| image"));
     if (!area) return null;
     const style = getComputedStyle(area), ctx = document.createElement("canvas").getContext("2d");
     ctx.font = `${style.fontSize} ${style.fontFamily}`;
     const usable = area.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
-    const widest = Math.max(...area.value.split("\\n").map(line => ctx.measureText(line).width));
-    return {kind: "text", lines: area.value.split("\\n").length, widest, usable};
+    const rows = area.value.split("\\n").filter(line => line.startsWith("|"));  // the tables (the last line may wrap)
+    const widest = Math.max(...rows.map(line => ctx.measureText(line).width));
+    return {kind: "text", firsts: rows.filter(line => !line.includes("---")).map(line => line.split("|")[1].trim()), widest, usable};
 }"""
 
 
@@ -221,10 +222,12 @@ def test_score_bars_are_drawn_by_both_front_ends_and_both_renderers(env, newest,
     focus(page, "8")  # the summary in Preview as Text: one line per image, nothing wrapped
     preview = page.evaluate(PREVIEW_JS, ["8"])
     assert preview is not None
+    # three tables of five columns: the scores (with the mean), their percentiles and win probabilities within the batch
+    expected = ["image", "#0", "#1", "mean", "percentile", "#0", "#1", "win prob.", "#0", "#1"]
     if preview["kind"] == "markdown":
-        assert [row[0] for row in preview["rows"]] == ["image", "#0", "#1", "mean"] and all(len(row) == 5 for row in preview["rows"]), preview
+        assert [row[0] for row in preview["rows"]] == expected and all(len(row) == 5 for row in preview["rows"]), preview
     else:
-        assert preview["lines"] == 5 and preview["widest"] <= preview["usable"], preview
+        assert preview["firsts"] == expected and preview["widest"] <= preview["usable"], preview
 
     if renderer == "classic":  # the template cards: a thumbnail each and readable titles
         templates = page.evaluate(TEMPLATES_JS, [len(nodes_setup.TEMPLATE_NAMES)])

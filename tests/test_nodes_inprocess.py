@@ -144,10 +144,13 @@ def test_score_equals_core_with_batch_mean_outputs_and_ui(env):
     torch.testing.assert_close(torch.tensor(floats), expected.mean(dim=0), atol=1e-5, rtol=1e-5)
     assert all(math.isnan(value) for value in output["result"][6:])  # the *_percentile outputs need a reference
     assert scores.ids == tuple(range(5)) and "#4" in summary and "mean" in summary
-    lines = summary.splitlines()  # a Markdown table: header, rule, one line per image, the mean
-    assert len(lines) == 8 and all(line.startswith("|") and line.endswith("|") for line in lines)
-    assert lines[0].split("|")[1:-1] == [" image ", " geometry ", " material ", " texture ", " overall "]
-    assert len({len(line) for line in lines}) == 1  # padded: aligned as plain text too
+    lines = summary.splitlines()  # a Markdown table: header, rule, one line per image, the mean; then what pct/win are
+    table = lines[:8]
+    assert all(line.startswith("|") and line.endswith("|") for line in table)
+    assert [cell.strip() for cell in table[0].split("|")[1:6]] == ["image", "geometry", "material", "texture", "overall"]
+    assert len({len(line) for line in table}) == 1  # padded: aligned as plain text too
+    assert lines[9].startswith("| percentile ") and lines[17].startswith("| win prob. ")  # the batch-relative view, same width
+    assert lines[-1] == "percentile (0-100), win probability (0-1): within this batch (5 images)"
     payload = output["ui"]["creward_scores"][0]
     assert payload["axes"] == ["geometry", "material", "texture", "overall"] and len(payload["scores"]) == 5
     [chart] = payload["charts"]  # what web/creward.js draws
