@@ -93,7 +93,7 @@ def best_of_n_overhead(nodes, batch: int, size: int, repeats: int) -> dict:
     mappings = nodes.NODE_CLASS_MAPPINGS
     with torch.inference_mode():
         vae = mappings["VAELoader"]().load_vae("taesd")[0]
-        creward = mappings["CREwardLoader"]().load("creward_clip.safetensors", "auto", "auto", "auto", "auto")[0]
+        creward = mappings["CREwardLoader"]().load("creward_clip.safetensors", "auto", "auto", "auto", "auto")["result"][0]
         latent = torch.randn(batch, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))
         images = vae.decode(latent)  # warm-up, and the batch the selection runs on
         score, select = mappings["CREwardScore"](), mappings["CREwardSelectBest"]()

@@ -19,7 +19,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from .common import add_model_arguments, collect_or_exit, load_model_from_args, progress_bar
+from .arguments import UsageError, check_device, positive_int
+from .common import add_image_arguments, add_model_arguments, collect_images, load_model_from_args, progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,6 @@ logger = logging.getLogger(__name__)
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "calibrate",
-        help="build a reference set (percentiles, win probabilities) from images or score files",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -38,10 +38,10 @@ def register(subparsers) -> None:
         "--group-by", metavar="folder|column:NAME",
         help="one distribution per subject: 'folder' (each image's folder name) or 'column:NAME' (a column of the score files, e.g. column:prompt)",
     )
-    parser.add_argument("--max-points", type=int, default=None, help="keep every score up to this many images per group, quantiles above (default: 10000)")
-    parser.add_argument("--workers", type=int, default=2, help="image decoding threads (default: 2)")
+    parser.add_argument("--max-points", type=positive_int, default=None, help="keep every score up to this many images per group, quantiles above (default: 10000)")
     add_model_arguments(parser)
-    parser.set_defaults(func=lambda args: run(args, parser))
+    add_image_arguments(parser)
+    parser.set_defaults(func=run)
 
 
 def _head_for_files(args, recorded, head_files):
@@ -83,7 +83,7 @@ def _check_recorded(scorer, head, recorded, head_files) -> None:
             )
 
 
-def run(args, parser) -> int:
+def run(args) -> int:
     import numpy as np
 
     from ..models.calibration import EXACT_LIMIT
@@ -95,18 +95,18 @@ def run(args, parser) -> int:
     try:
         group_by = parse_group_by(args.group_by)
     except CREwardError as error:
-        parser.error(f"--group-by: {error}")
+        raise UsageError(f"--group-by: {error}") from None
     max_points = EXACT_LIMIT if args.max_points is None else args.max_points
     if max_points < 2:
-        parser.error(f"--max-points should be at least 2, got {max_points}")
-    if args.batch_size <= 0:
-        parser.error(f"--batch-size should be positive, got {args.batch_size}")
+        raise UsageError(f"--max-points should be at least 2, got {max_points}")
     output = Path(args.output)
+    if output.is_dir():
+        raise UsageError(f"-o/--output {output} is a folder; give a file name")
     name = args.name or output.name.removesuffix(".json") or "reference"
     score_files = [path for path in args.paths if is_score_file(path)]
     image_paths = [path for path in args.paths if path not in score_files]
     if image_paths and group_by not in (None, FOLDER):
-        parser.error(f"--group-by {group_by}: images have no columns; group them with --group-by folder (or score them to a file first)")
+        raise UsageError(f"--group-by {group_by}: images have no columns; group them with --group-by folder (or score them to a file first)")
 
     rows, groups, where, scorers, head_files = [], [], [], [], []  # where: each row's file (and row), for messages
     for path in score_files:
@@ -133,12 +133,15 @@ def run(args, parser) -> int:
     if image_paths:
         from ..models.file_scoring import score_files as score_image_files
 
-        images = collect_or_exit(image_paths)
+        check_device(args.device)
+        images = collect_images(image_paths)
         model = load_model_from_args(args)
         scorer = ScorerIdentity.of_model(model)
         _check_recorded(scorer, model.head_info.path, scorers, head_files)
         with progress_bar(len(images), "scoring") as bar:
-            results = score_image_files(model, images, batch_size=args.batch_size, workers=args.workers, progress=bar.update)
+            results = score_image_files(
+                model, images, batch_size=args.batch_size, workers=args.workers, progress=bar.update, max_pixels=args.max_pixels or None,
+            )
         for result in results:
             if result.scores is not None:
                 rows.append([result.scores[axis] for axis in model.axes])

@@ -4,33 +4,52 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from ..models.backbones.registry import available_backbones
+from .arguments import UsageError, device_name, non_negative_int, positive_int
 
 logger = logging.getLogger(__name__)
 
+MAX_PIXELS_DEFAULT = 4096 * 4096  # creward.models.preprocess.MAX_DECODE_PIXELS (not imported: it needs torch)
+
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model (looked up in $CREWARD_MODELS_DIR, $COMFYUI_PATH/models/creward, ~/.cache/creward when not given)")
-    group.add_argument("--head", help="head file (.safetensors, or the official .ckpt together with --backbone); env CREWARD_HEAD")
-    group.add_argument("--backbone", choices=available_backbones(), help="backbone name (default: from the head file's metadata)")
-    group.add_argument("--backbone-weights", help="backbone weights: Hugging Face folder or file; env CREWARD_BACKBONE_WEIGHTS")
-    group.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N, mps (default: auto)")
-    group.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="backbone precision (auto: fp32 on CPU, bf16/fp16 on GPU)")
-    group.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    group = parser.add_argument_group(
+        "model", "Not given: looked up in $CREWARD_MODELS_DIR, $COMFYUI_PATH/models/creward, then ~/.cache/creward."
+    )
+    group.add_argument("--head", metavar="FILE", help="head file (.safetensors, or the official .ckpt together with --backbone); default: $CREWARD_HEAD")
+    group.add_argument("--backbone", choices=available_backbones(), help="backbone the head was trained on (default: read from the head file)")
+    group.add_argument("--backbone-weights", metavar="PATH", help="the backbone's weights: a Hugging Face folder or a file; default: $CREWARD_BACKBONE_WEIGHTS")
+    group.add_argument("--device", type=device_name, default="auto", help="auto (a CUDA GPU if there is one, else Apple MPS, else the CPU), cpu, cuda, cuda:N or mps (default: auto)")
+    group.add_argument(
+        "--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+        help="backbone precision. fp32 gives the official numbers; auto (the default) is fp32 on the CPU, bf16 on "
+        "CUDA GPUs that support it (else fp16) and fp16 on MPS: faster, with scores that differ slightly",
+    )
+    group.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="images per forward pass (default: 8)")
+
+
+def add_image_arguments(parser: argparse.ArgumentParser, workers: bool = True) -> None:
+    group = parser.add_argument_group("reading images")
+    if workers:
+        group.add_argument("--workers", type=non_negative_int, default=2, metavar="N", help="image decoding threads; 0 decodes in the main thread (default: 2)")
+    group.add_argument(
+        "--max-pixels", type=non_negative_int, default=MAX_PIXELS_DEFAULT, metavar="N",
+        help=f"images with more pixels are shrunk by a whole factor before the resize, to bound memory; their scores "
+        f"then differ slightly from the official code's (a warning names each). 0: never shrink (default: {MAX_PIXELS_DEFAULT} = 4096x4096)",
+    )
 
 
 def load_model_from_args(args: argparse.Namespace):
+    """Load the model the arguments name, and say what was loaded, where, and in which precision."""
+    from ..models.device import precision_note
     from ..models.loader import load
 
-    if args.batch_size <= 0:
-        raise SystemExit(f"--batch-size should be positive, got {args.batch_size}")
     model = load(head=args.head, backbone=args.backbone, backbone_weights=args.backbone_weights, device=args.device, dtype=args.dtype)
-    logger.info("%s", model.describe())
+    logger.info("CREward %s on %s, %s", model.spec.name, model.device, precision_note(model.dtype, "--dtype fp32"))
+    logger.debug("%s", model.describe())
     return model
 
 
@@ -59,36 +78,35 @@ def progress_bar(total: int, description: str):
     return tqdm(total=total, desc=description, unit="img", file=sys.stderr, disable=None, dynamic_ncols=True)
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def collect_images(paths: list[str]) -> list[Path]:
+    """The files to score under ``paths`` (see ``models.file_scoring.collect_image_paths``).
 
-
-def write_atomically(path: str | os.PathLike, text: str) -> Path:
-    """Write text to ``path`` via a temporary file in the same folder, so no half-written file is left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp creates 0600; match a normal file
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def collect_or_exit(paths: list[str]):
-    """Image files under ``paths``; exits with code 2 and a message when there are none."""
+    Raises ``UsageError`` (exit status 2) for a path that does not exist or when there is no
+    image at all; folders' files that are not images are counted in one warning.
+    """
+    from ..models.errors import ImageError
     from ..models.file_scoring import collect_image_paths
 
-    images, skipped = collect_image_paths(paths)
-    for path in skipped:
-        logger.warning("skipping %s: not an image file", path)
+    try:
+        images, left_out = collect_image_paths(paths)
+    except ImageError as error:
+        raise UsageError(str(error)) from None
+    if left_out:
+        names = ", ".join(str(path) for path in left_out[:3]) + (", ..." if len(left_out) > 3 else "")
+        logger.warning("left out %d file(s) in the folders that are not images by their extension: %s", len(left_out), names)
     if not images:
-        logger.error("no images found in %s", ", ".join(paths))
-        raise SystemExit(2)
+        raise UsageError(f"no images found in {', '.join(paths)}")
     return images
+
+
+def write_text_output(path: str | Path, text: str) -> Path:
+    """Write an output file atomically (see ``models.output_files``)."""
+    from ..models.output_files import write_text_atomically
+
+    return write_text_atomically(path, text)
+
+
+def check_output_file(path: str | None, option: str) -> None:
+    """Refuse an output file path that cannot be written (a folder), before any work is done."""
+    if path is not None and Path(path).is_dir():
+        raise UsageError(f"{option} {path} is a folder; give a file name")

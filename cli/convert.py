@@ -1,4 +1,4 @@
-"""``creward convert HEAD.ckpt --backbone NAME -o OUT.safetensors``: official checkpoint → head file."""
+"""Convert an official head checkpoint (reward_head_best.ckpt) into a CREward head file."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from ..models.backbones.registry import available_backbones
+from .common import check_output_file
 
 logger = logging.getLogger(__name__)
 
@@ -14,9 +15,9 @@ logger = logging.getLogger(__name__)
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "convert",
-        help="convert an official reward_head_best.ckpt into a safetensors head file",
-        description="Read an official CREward head checkpoint (weights-only: a pickle carrying anything but tensors is "
-        "refused) and write it as safetensors with CREward metadata.",
+        description="Convert an official CREward head checkpoint (reward_head_best.ckpt from the jhan/CREward release) "
+        "into a safetensors head file that records its backbone. Only tensors are read from the checkpoint: one "
+        "carrying Python objects or code is refused.",
     )
     parser.add_argument("checkpoint", help="official head checkpoint, e.g. reward_head_best.ckpt")
     parser.add_argument("--backbone", required=True, choices=available_backbones(), help="backbone the head was trained on")
@@ -28,6 +29,8 @@ def run(args) -> int:
     from ..models.head import load_head, save_head
 
     source = Path(args.checkpoint)
+    if args.output is not None:
+        check_output_file(args.output, "-o/--output")
     head, info = load_head(source, args.backbone)
     output = Path(args.output) if args.output else source.with_name(f"creward_{args.backbone}.safetensors")
     digest = hashlib.sha256(source.read_bytes()).hexdigest()

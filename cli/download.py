@@ -1,7 +1,7 @@
-"""``creward download NAME [--dir D]``: fetch a backbone (and a head) where a network is available.
+"""Fetch a backbone's weights (and the official head for it) into the models folder.
 
-Nothing is ever downloaded at import or scoring time; this command is the only network access,
-and offline it prints exactly what to fetch by hand and where to put it.
+Nothing is ever downloaded at import or scoring time: this command is CREward's only network
+access. Offline, it prints exactly what to fetch by hand and where to put it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 from ..models.backbones.registry import available_backbones, get_spec
-from ..models.locate import default_download_dir
 
 logger = logging.getLogger(__name__)
 
@@ -19,9 +18,9 @@ OFFICIAL_HEAD_REPO = "jhan/CREward"  # official reward heads: <backbone>/reward_
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("download", help="fetch a backbone's weights (and optionally a head) into the models folder")
+    parser = subparsers.add_parser("download", description=__doc__)
     parser.add_argument("name", choices=available_backbones(), help="backbone to fetch")
-    parser.add_argument("--dir", help=f"models folder (default: $CREWARD_MODELS_DIR or {default_download_dir()})")
+    parser.add_argument("--dir", help="models folder (default: $CREWARD_MODELS_DIR or ~/.cache/creward)")
     parser.add_argument("--head-repo", default=OFFICIAL_HEAD_REPO, help=f"Hugging Face repo holding the head checkpoints (default: the official {OFFICIAL_HEAD_REPO})")
     parser.add_argument("--head-file", help="head file inside --head-repo (default: <backbone>/reward_head_best.ckpt)")
     parser.add_argument("--no-head", action="store_true", help="fetch only the backbone")
@@ -48,6 +47,8 @@ def manual_instructions(name: str, folder: Path) -> str:
 
 
 def run(args) -> int:
+    from ..models.locate import default_download_dir
+
     spec = get_spec(args.name)
     folder = Path(args.dir) if args.dir else default_download_dir()
     target = folder / "backbones" / spec.default_names[0]

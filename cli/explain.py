@@ -1,25 +1,24 @@
-"""``creward explain IMAGES...``: Grad-CAM heatmaps showing which regions drive each creativity score.
+"""Show which image regions drive each creativity score (Grad-CAM heatmaps).
 
-For every image it writes, into ``--out``:
+For every image it writes into --out:
 
-- ``<stem>_<axis>_gradcam.png``: the heatmap of ``--axis`` (or ``weighted`` for a ``--weights``
-  mix) blended over the image;
-- ``<stem>_sheet.png``: the image and the overlays of all four axes side by side, labelled with
-  their scores.
+  <name>_<axis>_gradcam.png   the heatmap of --axis (or "weighted" for a --weights mix) over the image
+  <name>_sheet.png            the image and the heatmaps of all four axes side by side, with their scores
 
 Red marks the regions that raise the score most; a heatmap is all blue when nothing does.
-Files are written atomically (a temporary file renamed into place).
+
+Exit status: 0 at least one image was explained; 1 none could be read; 2 a usage error.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from ..models.axes import AXES
-from .common import add_model_arguments, collect_or_exit, load_model_from_args, progress_bar
+from .arguments import UsageError, axis_weights_text, check_device, unit_interval
+from .common import add_image_arguments, add_model_arguments, collect_images, load_model_from_args, progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -27,37 +26,31 @@ WEIGHTED = "weighted"
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("explain", help="Grad-CAM heatmaps: which image regions drive each axis score", description=__doc__)
+    parser = subparsers.add_parser("explain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="IMAGE", help="image files or folders")
-    parser.add_argument("--axis", choices=[*AXES, WEIGHTED], help="axis of the single overlay (default: overall, or weighted when --weights is given)")
-    parser.add_argument("--weights", metavar="G,M,T,O", help="axis weights for a mixed target, e.g. 1,0,0.5,0 (implies --axis weighted)")
-    parser.add_argument("--block", type=int, default=-1, help="backbone block whose activations are used (default: -1, the last)")
-    parser.add_argument("--out", default=".", help="output folder (default: the current folder)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity over the image, 0..1 (default: 0.5)")
+    parser.add_argument("--axis", choices=[*AXES, WEIGHTED], help="axis of the single heatmap (default: overall, or weighted when --weights is given)")
+    parser.add_argument("--weights", type=axis_weights_text, metavar="G,M,T,O", help="explain a weighted sum of the axes, e.g. 1,0,0.5,0 (implies --axis weighted)")
+    parser.add_argument(
+        "--block", type=int, default=-1, metavar="N",
+        help="backbone block whose activations are mapped, counted from 0 (negative: from the end). Default: the last "
+        "block whose patch outputs reach the score, which for CLIP and DINOv3 (scored from the CLS token) is the one "
+        "before the last",
+    )
+    parser.add_argument("--out", default=".", metavar="DIR", help="output folder (default: the current folder)")
+    parser.add_argument("--alpha", type=unit_interval, default=0.5, help="heatmap opacity over the image, 0 to 1 (default: 0.5)")
     parser.add_argument("--colormap", default="jet", choices=["jet", "turbo"], help="heatmap colours (default: jet)")
     add_model_arguments(parser)
-    parser.set_defaults(func=lambda args: run(args, parser))
+    add_image_arguments(parser, workers=False)
+    parser.set_defaults(func=run)
 
 
 def save_png_atomically(image, path: Path) -> Path:
     """Save a PIL image as PNG via a temporary file in the same folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format="PNG")
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    from ..models.output_files import atomic_output
+
+    with atomic_output(path) as temporary:
+        image.save(temporary, format="PNG")
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _unique_stems(paths: list[Path]) -> list[str]:
@@ -73,23 +66,29 @@ def _unique_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
-def run(args, parser) -> int:
+def run(args) -> int:
     from ..models.axes import axis_weights
-    from ..models.errors import ImageError
-    from ..models.gradcam import to_pil_image, axis_sheet, gradcam_multi, overlay
+    from ..models.errors import CREwardError, ImageError
+    from ..models.gradcam import axis_sheet, gradcam_layer, gradcam_multi, overlay, to_pil_image
     from ..models.preprocess import load_image
 
     if args.weights is not None and args.axis not in (None, WEIGHTED):
-        parser.error(f"--weights gives a mixed target; it cannot be combined with --axis {args.axis}")
+        raise UsageError(f"--weights gives a mixed target; it cannot be combined with --axis {args.axis}")
     axis = WEIGHTED if args.weights is not None else (args.axis or "overall")
     if axis == WEIGHTED and args.weights is None:
-        parser.error("--axis weighted needs --weights G,M,T,O")
-    if not 0.0 <= args.alpha <= 1.0:
-        parser.error(f"--alpha should be between 0 and 1, got {args.alpha}")
-    mix = axis_weights(args.weights) if axis == WEIGHTED else None  # validate before loading the model
+        raise UsageError("--axis weighted needs --weights G,M,T,O")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a file; give a folder")
+    check_device(args.device)
+    mix = axis_weights(args.weights) if axis == WEIGHTED else None
 
-    images = collect_or_exit(args.paths)
+    images = collect_images(args.paths)
     model = load_model_from_args(args)
+    if args.block != -1:
+        try:
+            gradcam_layer(model, args.block)  # the blocks there are depend on the backbone: checked once it is known
+        except CREwardError as error:
+            raise UsageError(f"--block: {error}") from None
     out = Path(args.out)
     targets = list(model.axes) + ([mix] if mix is not None else [])
     chosen = len(model.axes) if mix is not None else list(model.axes).index(axis)
@@ -98,7 +97,7 @@ def run(args, parser) -> int:
     with progress_bar(len(images), "explaining") as bar:
         for path, stem in zip(images, _unique_stems(images)):
             try:
-                image = load_image(path)
+                image = load_image(path, args.max_pixels or None)
             except ImageError as error:
                 logger.warning("skipping %s", error)
                 failed += 1
@@ -118,4 +117,7 @@ def run(args, parser) -> int:
         for name, values, overlay_path, sheet_path in rows:
             print("  ".join([name.ljust(width), *(f"{value:9.4f}" for value in values), f"{overlay_path}, {sheet_path.name}"]))
     logger.info("explained %d image(s) on axis %s into %s%s", len(rows), axis, out, f", {failed} unreadable" if failed else "")
-    return 0 if rows else 1
+    if not rows:
+        logger.error("none of the %d file(s) could be read as an image", len(images))
+        return 1
+    return 0

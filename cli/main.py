@@ -1,43 +1,54 @@
-"""Entry point of the ``creward`` command: one sub-command per module in ``COMMAND_MODULES``.
+"""Entry point of the ``creward`` command: one sub-command per entry of ``COMMANDS``.
 
-Each command module exposes ``register(subparsers)``, which adds its parser and sets
-``func`` (a callable taking the parsed namespace and returning an exit code).
-Command modules keep their heavy imports inside ``run`` so ``creward --help`` stays fast.
+Only the module of the command being run is imported (see ``cli.commands``), and command
+modules keep their heavy imports inside ``run``: ``creward --help``, ``--version`` and usage
+errors never import torch.
+
+Exit status: 0 success; 1 an error (unreadable weights, nothing could be scored...); 2 a usage
+error (argparse's own, or a :class:`~creward.cli.arguments.UsageError`), also for "no images
+found"; 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
+from typing import Sequence
+
+from .arguments import EXIT_USAGE, UsageError
+from .commands import Command, add_commands, command_words
+
+_PACKAGE = __package__
+LOGGER_NAME = _PACKAGE.rsplit(".", 1)[0]  # "creward": every module logs below it
 
 # Order is the order shown in --help.
-COMMAND_MODULES = (
-    "score",
-    "score_dataset",
-    "select",
-    "calibrate",
-    "explain",
-    "convert",
-    "info",
-    "download",
-    "train",
+COMMANDS = (
+    Command("score", f"{_PACKAGE}.score", "score images (files or folders, recursive)"),
+    Command("score-dataset", f"{_PACKAGE}.score_dataset", "score a dataset (folders, Parquet/CSV lists, WebDataset shards) into Parquet; resume, filter, Ray"),
+    Command("select", f"{_PACKAGE}.select", "copy the top-k most creative images into a folder with a manifest"),
+    Command("calibrate", f"{_PACKAGE}.calibrate", "build a reference set (percentiles, win probabilities) from images or score files"),
+    Command("explain", f"{_PACKAGE}.explain", "Grad-CAM heatmaps: which image regions drive each axis score"),
+    Command("convert", f"{_PACKAGE}.convert", "convert an official reward_head_best.ckpt into a safetensors head file"),
+    Command("info", f"{_PACKAGE}.info", "show what a CREward head file holds"),
+    Command("download", f"{_PACKAGE}.download", "fetch a backbone's weights (and optionally a head) into the models folder"),
+    Command("train", f"{_PACKAGE}.train", "build CREward weights: label pairs, cache features, fit, evaluate, creative LoRAs", group=True),
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The ``creward`` parser, with the command named in ``argv`` (if any) built in full."""
     from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="creward",
         description="CREward: score how creative images are along geometry, material, texture and overall.",
+        epilog="Run 'creward COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"creward {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(f".{name}", __package__).register(subparsers)
+    add_commands(subparsers, COMMANDS, command_words(argv))
     return parser
 
 
@@ -57,27 +68,39 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def configure_logging(verbose: bool) -> None:
-    logger = logging.getLogger(__package__.rsplit(".", 1)[0])
+    """Messages on stderr as ``LEVEL: message`` (with ``--verbose`` also the logger's name)."""
+    logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-    if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
+    handler = next((handler for handler in logger.handlers if isinstance(handler, _StderrHandler)), None)
+    if handler is None:
         handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "%(levelname)s: %(message)s"))
+
+
+def usage_error(parser: argparse.ArgumentParser, message: str) -> int:
+    """What argparse does for its own errors (usage, then ``prog: error: message``), as a status."""
+    parser.print_usage(sys.stderr)
+    sys.stderr.write(f"{parser.prog}: error: {message}\n")
+    return EXIT_USAGE
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
-        return 2
+        return EXIT_USAGE
     from ..models.errors import CREwardError
 
     try:
         return int(args.func(args) or 0)
+    except UsageError as error:
+        return usage_error(getattr(args, "command_parser", None) or parser, str(error))
     except CREwardError as error:
-        logging.getLogger("creward").error("%s", error)
+        logging.getLogger(LOGGER_NAME).error("%s", error)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -1,34 +1,44 @@
-"""``creward score PATHS...``: score image files and folders."""
+"""Score how creative images are: geometry, material, texture and overall, one row per image.
+
+Folders are searched recursively for image files (other files in them are left out, with a
+warning); files named explicitly are always scored, whatever their extension. Scores are
+relative: compare images of the same subject (higher = more creative on that axis).
+
+Output: a table on stdout, or --json (one list in input order), or --csv FILE. Every row has
+path, geometry, material, texture, overall and error (with --reference, each axis's percentile
+and win probability before error); a file that could not be read keeps its row, with empty
+(null) values and the reason in error.
+
+Exit status: 0 when at least one image was scored (unreadable ones are marked in the output),
+1 when none could be, 2 for a usage error or when no image was found.
+"""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
 import logging
 import sys
 
+from .arguments import check_device
 from .common import (
-    add_model_arguments,
-    add_reference_arguments,
-    collect_or_exit,
-    load_model_from_args,
-    load_reference_from_args,
-    progress_bar,
-    write_atomically,
+    add_image_arguments, add_model_arguments, add_reference_arguments, check_output_file, collect_images,
+    load_model_from_args, load_reference_from_args, progress_bar, write_text_output,
 )
 
 logger = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("score", help="score images (files or folders, recursive)", description=__doc__)
-    parser.add_argument("paths", nargs="+", help="image files or folders")
-    add_model_arguments(parser)
+    parser = subparsers.add_parser("score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     output = parser.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print one JSON list in input order on stdout")
+    output.add_argument("--json", action="store_true", help="print the scores as one JSON list, in input order")
     output.add_argument("--csv", metavar="FILE", help="write the scores to a CSV file")
-    parser.add_argument("--workers", type=int, default=2, help="image decoding threads (default: 2)")
+    add_model_arguments(parser)
+    add_image_arguments(parser)
     add_reference_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -90,50 +100,55 @@ def _cell(value, width: int, digits: int) -> str:
 
 
 def to_csv(results, axes, calibrated=None) -> str:
+    """The rows of ``--json`` as CSV, same columns in the same order: null is an empty cell."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    extra_columns = calibrated_columns(axes) if calibrated is not None else []
-    grouped = calibrated is not None and any(extra and "reference_group" in extra for extra in calibrated)
-    writer.writerow(["path", *axes, *extra_columns, *(["reference_group"] if grouped else []), "error"])
-    for result, extra in zip(results, calibrated or [None] * len(results)):
-        if result.scores is None:
-            writer.writerow([result.path, *[""] * (len(axes) + len(extra_columns) + grouped), result.error])
-        else:
-            cells = [f"{result.scores[axis]:.6f}" for axis in axes]
-            cells += ["" if extra[column] is None else f"{extra[column]:g}" for column in extra_columns]
-            cells += [extra.get("reference_group") or ""] if grouped else []
-            writer.writerow([result.path, *cells, ""])
+    items = json_items(results, axes, calibrated)
+    writer.writerow(list(items[0]) if items else ["path", *axes, "error"])
+    for item in items:
+        writer.writerow(["" if value is None else value if isinstance(value, str) else f"{value:.6f}" if key in axes else f"{value:g}"
+                         for key, value in item.items()])
     return buffer.getvalue()
 
 
 def json_items(results, axes, calibrated=None) -> list[dict]:
-    """``creward score --json`` items; with a reference every item has the calibrated keys (null when unscored)."""
-    items = [result.as_dict() for result in results]
+    """``creward score --json`` items: path, the axes, (with a reference) the calibrated keys, error;
+    every key in every item, null where a file could not be read."""
+    items = [result.as_dict(axes) for result in results]
     if calibrated is not None:
         grouped = any(extra and "reference_group" in extra for extra in calibrated)
         for item, extra in zip(items, calibrated):
+            error = item.pop("error")
             empty = dict.fromkeys(calibrated_columns(axes) + (["reference_group"] if grouped else []))
             item.update(extra if extra is not None else empty)
+            item["error"] = error
     return items
 
 
 def run(args) -> int:
     from ..models.file_scoring import score_files
 
-    images = collect_or_exit(args.paths)
+    check_output_file(args.csv, "--csv")
+    check_device(args.device)
+    images = collect_images(args.paths)
     reference = load_reference_from_args(args)
     model = load_model_from_args(args)
     with progress_bar(len(images), "scoring") as bar:
-        results = score_files(model, images, batch_size=args.batch_size, workers=args.workers, progress=bar.update)
+        results = score_files(
+            model, images, batch_size=args.batch_size, workers=args.workers, progress=bar.update, max_pixels=args.max_pixels or None,
+        )
     failed = sum(result.scores is None for result in results)
     calibrated, label = calibrate_results(reference, results, model.axes, args.group) if reference is not None else (None, "")
     if args.json:
         json.dump(json_items(results, model.axes, calibrated), sys.stdout, indent=1)
         sys.stdout.write("\n")
     elif args.csv:
-        write_atomically(args.csv, to_csv(results, model.axes, calibrated))
+        write_text_output(args.csv, to_csv(results, model.axes, calibrated))
         logger.info("wrote %s", args.csv)
     else:
         print(format_table(results, model.axes, calibrated, label))
-    logger.info("scored %d image(s)%s", len(results) - failed, f", {failed} unreadable" if failed else "")
-    return 0 if failed < len(results) else 1
+    if failed == len(results):
+        logger.error("none of the %d file(s) could be read as an image", len(results))
+        return 1
+    logger.info("scored %d image(s)%s", len(results) - failed, f"; {failed} could not be read" if failed else "")
+    return 0

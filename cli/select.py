@@ -1,109 +1,152 @@
-"""``creward select PATHS... --top-k K --out DIR``: keep the most creative images.
+"""Keep the most creative images: score every image, rank them, copy the best into a folder.
 
-Reward-based filtering and creative sample acquisition: scores every image, ranks by one axis or
-a weighted sum (``models.selection``), copies the chosen files into DIR as
-``<rank>_<name>`` and writes ``DIR/manifest.json`` (source path, scores, ranking value, rank).
-Each copy and the manifest are written via a temporary file, so an interrupted run leaves no
-half-written file; the manifest is written last.
+Ranks by one axis (--axis, default overall) or by a weighted sum of the four (--weights), keeps
+the --top-k best (0: all), optionally only those reaching --min, and copies them into --out as
+<rank>_<name> with a manifest.json (source path, scores, ranking value and rank of each).
 
-``--min-percentile P`` / ``--min-win W`` keep images whose percentile (win probability) on the
-ranking axis is at least P (W) against ``--reference REF`` (built with ``creward calibrate``), or,
-without a reference, within the scored images themselves (``--min-percentile 90``: the top 10 %).
+--min-percentile P / --min-win W keep images whose percentile (win probability) on the ranking
+axis is at least P (W) against --reference REF (built with creward calibrate), or, without a
+reference, within the scored images themselves (--min-percentile 90: the top 10 %).
+
+The folder always matches its manifest: the new selection is assembled beside --out and then
+put in its place, so an interrupted run changes nothing. --out must be new or empty; --overwrite
+replaces a folder written by an earlier creward select (one holding a manifest.json).
+
+Exit status: 0 images were kept; 1 none could be read, or none reached the minimum (nothing is
+written); 2 a usage error or no image found.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from ..models.axes import AXES
+from .arguments import UsageError, axis_weights_text, check_device, non_negative_int, percentile_value, unit_interval
 from .common import (
-    add_model_arguments,
-    add_reference_arguments,
-    collect_or_exit,
-    load_model_from_args,
-    load_reference_from_args,
-    progress_bar,
-    write_atomically,
+    add_image_arguments, add_model_arguments, add_reference_arguments, collect_images, load_model_from_args,
+    load_reference_from_args, progress_bar,
 )
 
 logger = logging.getLogger(__name__)
 
+MANIFEST = "manifest.json"
+
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("select", help="copy the top-k most creative images into a folder with a manifest", description=__doc__)
-    parser.add_argument("paths", nargs="+", help="image files or folders")
-    parser.add_argument("--top-k", type=int, required=True, help="how many images to keep (0 = every image reaching --min)")
+    parser = subparsers.add_parser("select", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    parser.add_argument("--top-k", type=non_negative_int, required=True, metavar="K", help="how many images to keep (0: every image reaching --min)")
     rank = parser.add_mutually_exclusive_group()
     rank.add_argument("--axis", choices=AXES, help="rank by one axis (default: overall)")
-    rank.add_argument("--weights", help="rank by a weighted sum: four numbers g,m,t,o, e.g. 1,0,0.5,1")
+    rank.add_argument("--weights", type=axis_weights_text, metavar="G,M,T,O", help="rank by a weighted sum of geometry, material, texture, overall, e.g. 1,0,0.5,1")
     minimum = parser.add_mutually_exclusive_group()
-    minimum.add_argument("--min", type=float, dest="minimum", help="keep only images whose ranking value is at least this")
+    minimum.add_argument("--min", type=float, dest="minimum", metavar="VALUE", help="keep only images whose ranking value is at least this")
     minimum.add_argument(
-        "--min-percentile", type=float, metavar="P",
+        "--min-percentile", type=percentile_value, metavar="P",
         help="keep only images at or above percentile P (0-100) on the ranking axis: against --reference, else within these images (90 = top 10 %%)",
     )
     minimum.add_argument(
-        "--min-win", type=float, metavar="W",
+        "--min-win", type=unit_interval, metavar="W",
         help="keep only images whose win probability (0-1) on the ranking axis is at least W: the chance of beating a random --reference image (else another of these images)",
     )
-    parser.add_argument("--out", required=True, help="output folder (created if needed)")
-    parser.add_argument("--workers", type=int, default=2, help="image decoding threads (default: 2)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder: new or empty (created if needed)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier selection")
     add_model_arguments(parser)
+    add_image_arguments(parser)
     add_reference_arguments(parser)
-    parser.set_defaults(func=lambda args: run(args, parser))
+    parser.set_defaults(func=run)
 
 
-def _copy_atomically(source: Path, target: Path) -> None:
-    partial = target.with_name(f".{target.name}.partial")
+def check_out_folder(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that is a file, holds other files, or holds a selection without --overwrite."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / MANIFEST).is_file():
+        raise UsageError(f"--out {out} already holds files that are not a creward select output (no {MANIFEST}); choose a new or empty folder")
+    if not overwrite:
+        raise UsageError(f"--out {out} holds an earlier selection; pass --overwrite to replace it, or choose a new folder")
+
+
+def _replace_folder(staging: Path, out: Path) -> None:
+    """Put the finished ``staging`` folder at ``out``, moving an earlier ``out`` away first."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.replace(out, old / out.name)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_selection(out: Path, chosen: list[tuple[Path, dict]], manifest: dict) -> None:
+    """Copy ``chosen`` (source, manifest entry) into a new folder beside ``out``, write the manifest
+    last, then put the folder in place of ``out``."""
+    from ..models.output_files import default_file_mode
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     try:
-        shutil.copy2(source, partial)
-        os.replace(partial, target)
+        os.chmod(staging, default_file_mode(folder=True))  # mkdtemp makes it private
+        for source, entry in chosen:
+            shutil.copy2(source, staging / entry["file"])
+            manifest["images"].append(entry)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        _replace_folder(staging, out)
     except BaseException:
-        partial.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
-def minimum_of_args(args, parser) -> tuple[str, float | None]:
-    """``("score" | "percentile" | "win probability", minimum)`` from --min/--min-percentile/--min-win, validated."""
+def minimum_of_args(args) -> tuple[str, float | None]:
+    """``("score" | "percentile" | "win probability", minimum)`` from --min/--min-percentile/--min-win."""
     if args.min_percentile is not None:
-        if not 0.0 <= args.min_percentile <= 100.0:
-            parser.error(f"--min-percentile should be between 0 and 100, got {args.min_percentile:g}")
         kind, minimum = "percentile", args.min_percentile
     elif args.min_win is not None:
-        if not 0.0 <= args.min_win <= 1.0:
-            parser.error(f"--min-win should be a probability between 0 and 1, got {args.min_win:g}")
         kind, minimum = "win probability", args.min_win
     else:
         return "score", args.minimum
     if args.weights:
-        parser.error("--min-percentile/--min-win compare one axis with its reference distribution: rank with --axis, not --weights")
+        raise UsageError("--min-percentile/--min-win compare one axis with its reference distribution: rank with --axis, not --weights")
     return kind, minimum
 
 
-def run(args, parser) -> int:
+def run(args) -> int:
     import torch
 
     from ..models.calibration import calibrate_within_batch
     from ..models.file_scoring import score_files
     from ..models.selection import select_indices
 
-    if args.top_k < 0:
-        raise SystemExit(f"--top-k should be >= 0, got {args.top_k}")
-    kind, minimum = minimum_of_args(args, parser)
+    kind, minimum = minimum_of_args(args)
     if args.reference and kind == "score":
         logger.info("--reference given without --min-percentile/--min-win: the manifest records percentiles; the minimum (if any) is a score")
-    images = collect_or_exit(args.paths)
+    out = Path(args.out)
+    check_out_folder(out, args.overwrite)
+    check_device(args.device)
+    images = collect_images(args.paths)
+    inside = [path for path in images if out.resolve() in path.resolve().parents]
+    if inside:  # an earlier selection inside the searched folder is not part of the input
+        logger.info("leaving out %d image(s) inside --out %s", len(inside), out)
+        images = [path for path in images if path not in inside]
+        if not images:
+            raise UsageError(f"every image found is inside --out {out}")
     reference = load_reference_from_args(args)
     model = load_model_from_args(args)
     with progress_bar(len(images), "scoring") as bar:
-        results = score_files(model, images, batch_size=args.batch_size, workers=args.workers, progress=bar.update)
+        results = score_files(
+            model, images, batch_size=args.batch_size, workers=args.workers, progress=bar.update, max_pixels=args.max_pixels or None,
+        )
     scored = [result for result in results if result.scores is not None]
     if not scored:
-        logger.error("none of the %d image(s) could be read", len(results))
+        logger.error("none of the %d file(s) could be read as an image; nothing written", len(results))
         return 1
     scores = torch.tensor([[result.scores[axis] for axis in model.axes] for result in scored])
     calibration = None
@@ -125,28 +168,25 @@ def run(args, parser) -> int:
         limit = selection.values if threshold is None else threshold
         best = int(torch.nan_to_num(limit, nan=-float("inf")).argmax())
         logger.error(
-            "no image reached %s >= %g (best: %.4f, %s); nothing copied",
+            "no image reached %s >= %g (best: %.4f, %s); nothing written",
             threshold_name or selection.criterion, minimum, limit[best].item(), scored[best].path,
         )
         return 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     digits = max(3, len(str(len(selection.chosen))))
     manifest = {
         "criterion": selection.criterion, "minimum": minimum, "minimum_of": kind, "top_k": args.top_k, "scored": len(scored),
         "axes": list(model.axes), "calibration": calibration.label if calibration is not None else None,
         "reference": calibration.reference if calibration is not None else None, "images": [],
     }
+    chosen = []
     for rank, index in enumerate(selection.chosen, start=1):
         source = Path(scored[index].path)
-        target = out / f"{rank:0{digits}d}_{source.name}"
-        _copy_atomically(source, target)
-        item = {"rank": rank, "file": target.name, "source": str(source.resolve()), "value": selection.values[index].item(), **scored[index].scores}
+        item = {"rank": rank, "file": f"{rank:0{digits}d}_{source.name}", "source": str(source.resolve()), "value": selection.values[index].item(), **scored[index].scores}
         if calibration is not None:
             item.update({f"{axis}_percentile": calibration.percentiles[index, a].item() for a, axis in enumerate(model.axes)})
             item.update({f"{axis}_win": calibration.win[index, a].item() for a, axis in enumerate(model.axes)})
-        manifest["images"].append(item)
-    write_atomically(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+        chosen.append((source, item))
+    write_selection(out, chosen, manifest)
     print(f"kept {len(selection.chosen)} of {len(scored)} image(s) ranked by {selection.criterion}"
           + (f", {threshold_name} >= {minimum:g}" if threshold_name else "") + f" -> {out}")
     return 0

@@ -1,28 +1,39 @@
 """``creward train <step>``: the steps of building CREward weights (see ``creward.train``).
 
-Each step module in ``creward.train`` exposes ``register(subparsers)`` like the top-level
-commands; they are listed in ``TRAIN_STEPS``.
+Each step module exposes ``register(subparsers)`` like the top-level commands; they are listed
+in ``TRAIN_STEPS`` and, as there, only the chosen step's module is imported.
 """
 
 from __future__ import annotations
 
-import importlib
+from typing import Sequence
+
+from .commands import Command, add_commands
 
 _TRAIN_PACKAGE = __package__.rsplit(".", 1)[0] + ".train"
 
 TRAIN_STEPS = (
-    "label",
-    "features",
-    "fit",
-    "evaluate",
-    "lora.cli",
-    "acquire",
+    Command("label", f"{_TRAIN_PACKAGE}.label", "ask an LVLM which image of each pair is more creative per axis (JSONL labels)"),
+    Command("features", f"{_TRAIN_PACKAGE}.features", "run the frozen backbone once per pair image and cache the features"),
+    Command("fit", f"{_TRAIN_PACKAGE}.fit", "train the reward head on labelled pairs (Bradley-Terry, backbone frozen)"),
+    Command("eval", f"{_TRAIN_PACKAGE}.evaluate", "pairwise accuracy of a head per axis on labelled pairs (+ human-set metrics, report)"),
+    Command("lora", f"{_TRAIN_PACKAGE}.lora.cli", "train a creative LoRA: reward-guided fine-tuning of a ComfyUI checkpoint with CREward"),
+    Command("acquire", f"{_TRAIN_PACKAGE}.acquire", "generate N samples per prompt with a ComfyUI checkpoint, keep the most creative per axis"),
 )
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="build CREward weights: label pairs, cache features, fit, evaluate, creative LoRAs")
+def register(subparsers, words: Sequence[str] = ()) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        description="Build CREward weights: label pairs with an LVLM, cache backbone features, fit and evaluate a head; "
+        "train creative LoRAs and acquire creative samples with a ComfyUI checkpoint.",
+        epilog="Run 'creward train STEP --help' for a step's options.",
+    )
     steps = parser.add_subparsers(dest="train_step", metavar="STEP")
-    for name in TRAIN_STEPS:
-        importlib.import_module(f"{_TRAIN_PACKAGE}.{name}").register(steps)
-    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+    add_commands(steps, TRAIN_STEPS, words)
+
+    def print_help(args) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(func=print_help)

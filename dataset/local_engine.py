@@ -52,7 +52,8 @@ def score_parts_locally(
                 continue
             result = next(results)
             scores = None if result.scores is None else [result.scores[axis] for axis in model.axes]
-            rows.append(sample_row(sample, model.axes, scores, result.error))
+            error = None if result.scores is not None else f"{result.path}: {result.error}"  # the file named, as the Ray engine's
+            rows.append(sample_row(sample, model.axes, scores, error))
         record = folder.write_part(part.id, part.fingerprint, rows)
         rows_total += record["rows"]
         errors_total += record["errors"]

@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from .errors import CREwardError
 
+if TYPE_CHECKING:
+    import torch
+
 AXES: tuple[str, ...] = ("geometry", "material", "texture", "overall")
+
+
+def parse_weight_list(text: str, axes: Sequence[str] = AXES) -> tuple[float, ...]:
+    """``"1,0,0.5,0"`` → one float per axis; ``ValueError`` saying what is expected otherwise.
+
+    Plain Python (no torch), so the command line can check ``--weights`` while parsing.
+    """
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"axis weights {text!r} must be numbers separated by commas, e.g. 1,0,0.5,0") from None
+    if len(values) != len(axes):
+        raise ValueError(f"expected {len(axes)} axis weights ({', '.join(axes)}), got {len(values)} in {text!r}")
+    if not all(value == value and abs(value) != float("inf") for value in values):
+        raise ValueError(f"axis weights {text!r} must be finite numbers")
+    return values
 
 
 def axis_index(axis: str) -> int:
@@ -19,18 +36,20 @@ def axis_index(axis: str) -> int:
         raise CREwardError(f"unknown axis {axis!r}; expected one of {', '.join(AXES)}") from None
 
 
-def axis_weights(spec: str | Mapping[str, float] | Sequence[float], axes: Sequence[str] = AXES) -> torch.Tensor:
+def axis_weights(spec: str | Mapping[str, float] | Sequence[float], axes: Sequence[str] = AXES) -> "torch.Tensor":
     """Turn an axis choice into a weight vector over ``axes``.
 
     Accepts an axis name (``"texture"``), a mapping ``{"geometry": 1.0, "texture": 0.5}``,
     a sequence of len(axes) numbers, or a comma-separated string ``"1,0,0.5,0"``.
     """
+    import torch
+
     if isinstance(spec, str):
         if "," in spec or spec.replace(".", "", 1).lstrip("-").isdigit():
             try:
-                spec = [float(part) for part in spec.split(",")]
-            except ValueError:
-                raise CREwardError(f"axis weights {spec!r} must be numbers separated by commas") from None
+                spec = parse_weight_list(spec, axes)
+            except ValueError as error:
+                raise CREwardError(str(error)) from None
         else:
             weights = torch.zeros(len(axes))
             if spec not in axes:

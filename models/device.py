@@ -29,7 +29,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``auto`` → float32 on CPU; bfloat16 on GPUs that support it, else float16."""
+    """``auto`` → float32 on CPU; bfloat16 on CUDA GPUs that support it, else float16; float16 on MPS."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "", "auto"):
@@ -42,3 +42,15 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return DTYPES[dtype]
     except KeyError:
         raise CREwardError(f"unknown dtype {dtype!r}; expected auto, {', '.join(DTYPES)}") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` → ``"bf16"`` (the names ``--dtype`` and the loader node take)."""
+    return next((name for name, value in DTYPES.items() if value == dtype), str(dtype).replace("torch.", ""))
+
+
+def precision_note(dtype: torch.dtype, fp32_hint: str = "dtype fp32") -> str:
+    """The precision in use, for people: fp32 is the official code's; anything else says how to get it."""
+    if dtype == torch.float32:
+        return "fp32 (the official precision)"
+    return f"{dtype_name(dtype)} (faster than fp32; scores differ slightly from the official fp32 ones, which {fp32_hint} gives)"

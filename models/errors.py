@@ -10,7 +10,16 @@ class WeightsError(CREwardError):
 
 
 class ImageError(CREwardError):
-    """An image cannot be read or has an unsupported format."""
+    """An image cannot be read or has an unsupported format.
+
+    For a file, ``path`` is the file and ``reason`` what is wrong with it; the message reads
+    ``"<path>: <reason>"``.
+    """
+
+    def __init__(self, reason: str, path=None):
+        self.reason = reason
+        self.path = None if path is None else str(path)
+        super().__init__(reason if path is None else f"{path}: {reason}")
 
 
 class MissingDependencyError(CREwardError):

@@ -5,6 +5,11 @@ while the model runs on the previous batch; at most ``prefetch`` preprocessed im
 memory at any time, each already at the backbone's size, so memory does not grow with the
 number or size of the files. Unreadable files are reported, never fatal: the rest are scored.
 
+Which files are scored (``collect_image_paths``): every file named explicitly, whatever its
+extension (it is decoded by content; one that is not an image gets an error), and in folders
+(recursively) the files with an image extension (``IMAGE_SUFFIXES``); other files in folders
+are left out and counted.
+
 An image source is a file path, or any object with a ``name`` (used in results and messages)
 and an ``open()`` returning a binary file (a member of a tar shard, see
 ``creward.dataset.samples``): ``creward score`` and ``creward score-dataset`` share this code.
@@ -24,7 +29,7 @@ import torch
 
 from .errors import ImageError
 from .model import CREward
-from .preprocess import Preprocessing, is_image_file, load_image, resize_and_normalize
+from .preprocess import MAX_DECODE_PIXELS, Preprocessing, is_image_file, load_image, resize_and_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -47,51 +52,55 @@ def source_name(source: ImageSource) -> str:
 
 @dataclass
 class FileScore:
+    """One file's scores, or why it has none.
+
+    ``as_dict`` is one row of ``creward score --json`` / ``--csv``: ``path``, every axis (null
+    when the file could not be read) and ``error`` (null for a scored file).
+    """
+
     path: str
     scores: dict[str, float] | None  # None when the file could not be read
-    error: str | None = None
+    error: str | None = None  # what is wrong with the file (without its path)
 
-    def as_dict(self) -> dict:
-        item = {"path": self.path}
-        if self.scores is not None:
-            item.update(self.scores)
-        else:
-            item["error"] = self.error
-        return item
+    def as_dict(self, axes: Sequence[str]) -> dict:
+        scores = self.scores or {}
+        return {"path": self.path, **{axis: scores.get(axis) for axis in axes}, "error": self.error}
 
 
 def collect_image_paths(paths: Iterable[str | os.PathLike], recursive: bool = True) -> tuple[list[Path], list[Path]]:
-    """Expand files and folders into image files (sorted within each folder).
+    """Expand files and folders into the files to score.
 
-    Returns ``(images, skipped)`` where ``skipped`` are files that are not images by extension.
-    Raises ``ImageError`` for a path that does not exist.
+    Files named in ``paths`` are always kept (decoded by content, whatever their extension);
+    folders contribute their files with an image extension, sorted. Returns ``(images,
+    left_out)``, ``left_out`` being the folders' other files. Raises ``ImageError`` for a path
+    that does not exist.
     """
     images: list[Path] = []
-    skipped: list[Path] = []
+    left_out: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             walker = path.rglob("*") if recursive else path.glob("*")
             for child in sorted(walker):
                 if child.is_file():
-                    (images if is_image_file(child) else skipped).append(child)
+                    (images if is_image_file(child) else left_out).append(child)
         elif path.is_file():
-            (images if is_image_file(path) else skipped).append(path)
+            images.append(path)
         else:
-            raise ImageError(f"no such file or folder: {path}")
-    return images, skipped
+            raise ImageError("no such file or folder", path)
+    return images, left_out
 
 
-def load_preprocessed(source: ImageSource, preprocessing: Preprocessing) -> torch.Tensor:
-    """One file (or openable source) → normalised ``[3, S, S]`` float32 tensor; ``ImageError`` naming it."""
+def load_preprocessed(source: ImageSource, preprocessing: Preprocessing, max_pixels: int | None = MAX_DECODE_PIXELS) -> torch.Tensor:
+    """One file (or openable source) → normalised ``[3, S, S]`` float32 tensor (see ``load_image`` for ``max_pixels``)."""
     if isinstance(source, (str, os.PathLike)):
-        return resize_and_normalize(load_image(source), preprocessing)[0]
+        return resize_and_normalize(load_image(source, max_pixels), preprocessing)[0]
     try:
         stream = source.open()
     except OSError as error:
-        raise ImageError(f"cannot read {source.name}: {error.strerror or error}") from None
+        raise ImageError(f"cannot be read: {error.strerror or error}", source.name) from None
     with stream:
-        return resize_and_normalize(load_image(stream, name=source.name), preprocessing)[0]
+        return resize_and_normalize(load_image(stream, max_pixels, name=source.name), preprocessing)[0]
 
 
 def score_pixel_batch(model: CREward, pixels: torch.Tensor) -> list[list[float]]:
@@ -105,27 +114,28 @@ def iter_preprocessed(
     preprocessing: Preprocessing,
     workers: int = 2,
     prefetch: int = 16,
-) -> Iterator[tuple[int, torch.Tensor | None, str | None]]:
+    max_pixels: int | None = MAX_DECODE_PIXELS,
+) -> Iterator[tuple[int, torch.Tensor | None, ImageError | None]]:
     """Yield ``(index, pixels or None, error or None)`` in input order, decoding ahead in threads."""
     if workers <= 0:
         for index, path in enumerate(paths):
             try:
-                yield index, load_preprocessed(path, preprocessing), None
+                yield index, load_preprocessed(path, preprocessing, max_pixels), None
             except ImageError as error:
-                yield index, None, str(error)
+                yield index, None, error
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="creward-decode") as pool:
         pending: deque[tuple[int, Future]] = deque()
         next_index = 0
         while next_index < len(paths) or pending:
             while next_index < len(paths) and len(pending) < prefetch:
-                pending.append((next_index, pool.submit(load_preprocessed, paths[next_index], preprocessing)))
+                pending.append((next_index, pool.submit(load_preprocessed, paths[next_index], preprocessing, max_pixels)))
                 next_index += 1
             index, future = pending.popleft()
             try:
                 yield index, future.result(), None
             except ImageError as error:
-                yield index, None, str(error)
+                yield index, None, error
 
 
 def score_files(
@@ -134,8 +144,9 @@ def score_files(
     batch_size: int = 8,
     workers: int = 2,
     progress: Callable[[int], None] | None = None,
+    max_pixels: int | None = MAX_DECODE_PIXELS,
 ) -> list[FileScore]:
-    """Score image files (or openable sources) in input order; unreadable ones get ``scores=None`` and a warning."""
+    """Score image files (or openable sources) in input order; unreadable ones get ``scores=None``, the reason and a warning."""
     results: list[FileScore | None] = [None] * len(paths)
     batch: list[tuple[int, torch.Tensor]] = []
 
@@ -149,10 +160,11 @@ def score_files(
             progress(len(batch))
         batch.clear()
 
-    for index, pixels, error in iter_preprocessed(paths, model.spec.preprocessing, workers=workers, prefetch=max(2 * batch_size, 4)):
+    prefetch = max(2 * batch_size, 4)
+    for index, pixels, error in iter_preprocessed(paths, model.spec.preprocessing, workers, prefetch, max_pixels):
         if pixels is None:
             logger.warning("skipping %s", error)
-            results[index] = FileScore(source_name(paths[index]), None, error)
+            results[index] = FileScore(source_name(paths[index]), None, error.reason)
             if progress is not None:
                 progress(1)
             continue

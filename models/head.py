@@ -36,6 +36,7 @@ from torch import nn
 
 from .axes import AXES
 from .errors import WeightsError
+from .output_files import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -105,12 +106,14 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         except (SafetensorError, OSError, ValueError) as error:
             raise WeightsError(f"{path} is not a readable safetensors file: {error}") from error
         return state, metadata
+    from .backbones.weight_files import load_pickle_weights_only
+
     try:
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # weights_only refuses any pickle carrying code or objects
+        loaded = load_pickle_weights_only(path)
+    except ValueError as error:
         raise WeightsError(
-            f"{path} could not be read as a plain PyTorch state dict (weights-only load; "
-            f"files carrying pickled objects or code are refused): {error}"
+            f"{path} is not a CREward head: {error} (expected a .safetensors head written by CREward, or the "
+            f"official reward_head_best.ckpt; weights-only reading)"
         ) from error
     if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
         loaded = loaded["state_dict"]
@@ -127,6 +130,23 @@ def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if f"{prefix}0.weight" in state:
             return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
     return state
+
+
+def _axes_from_metadata(path: Path, metadata: dict[str, str]) -> tuple[str, ...]:
+    """The ``creward.axes`` metadata field: a JSON list of distinct names (the official axes when absent)."""
+    text = metadata.get("creward.axes")
+    if text is None:
+        return AXES
+    try:
+        axes = json.loads(text)
+    except json.JSONDecodeError:
+        axes = None
+    if not isinstance(axes, list) or not axes or not all(isinstance(axis, str) and axis for axis in axes) or len(set(axes)) != len(axes):
+        raise WeightsError(
+            f"{path}: its metadata field 'creward.axes' should be a JSON list of distinct axis names, e.g. "
+            f"{json.dumps(list(AXES))}, but it is {text!r}"
+        )
+    return tuple(axes)
 
 
 def read_head_file(path: str | os.PathLike, backbone: str | None = None) -> tuple[dict[str, torch.Tensor], HeadInfo]:
@@ -149,7 +169,7 @@ def read_head_file(path: str | os.PathLike, backbone: str | None = None) -> tupl
     if first.ndim != 2:
         raise WeightsError(f"{path}: '0.weight' should be a matrix, got shape {tuple(first.shape)}")
     feature_dim = int(first.shape[1])
-    axes = tuple(json.loads(metadata["creward.axes"])) if "creward.axes" in metadata else AXES
+    axes = _axes_from_metadata(path, metadata)
     reference = build_head(feature_dim, len(axes)).state_dict()
     for key, tensor in reference.items():
         if tuple(state[key].shape) != tuple(tensor.shape):
@@ -188,7 +208,8 @@ def save_head(
     axes: tuple[str, ...] = AXES,
     extra_metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write a head as safetensors with CREward metadata, atomically (no half-written file)."""
+    """Write a head as safetensors with CREward metadata, atomically (no half-written file) and
+    readable by other users as a normally created file is."""
     from safetensors.torch import save_file
 
     from .backbones.registry import get_spec
@@ -203,10 +224,8 @@ def save_head(
     for key, value in (extra_metadata or {}).items():
         metadata[key if key.startswith("creward.") else f"creward.{key}"] = value if isinstance(value, str) else json.dumps(value)
     state = {key: value.detach().float().cpu().contiguous() for key, value in head.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file(state, str(partial), metadata=metadata)
-    os.replace(partial, path)
+    with atomic_output(path) as temporary:
+        save_file(state, str(temporary), metadata=metadata)
     return path
 
 

@@ -22,6 +22,26 @@ from .preprocess import resize_and_normalize
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
+# model.score refuses pixel values outside this range: [0, 1] with room for resampling overshoot,
+# far from what 0..255 pixels or [-1, 1]-normalised images hold.
+VALUE_RANGE = (-0.5, 1.5)
+
+
+def check_value_range(images: torch.Tensor | Sequence[torch.Tensor]) -> None:
+    """Raise ``ImageError`` for images clearly not in [0, 1] (0..255 pixels, [-1, 1] tensors)."""
+    tensors = [images] if isinstance(images, torch.Tensor) else list(images)
+    finite = [tensor.detach() for tensor in tensors if tensor.numel()]
+    if not finite:
+        return
+    low = min(float(tensor.amin()) for tensor in finite)
+    high = max(float(tensor.amax()) for tensor in finite)
+    if low >= VALUE_RANGE[0] and high <= VALUE_RANGE[1]:
+        return
+    hint = "0..255 pixels? divide them by 255" if high > VALUE_RANGE[1] else "[-1, 1] images? use (x + 1) / 2"
+    raise ImageError(
+        f"images should hold values in [0, 1] (as ComfyUI's IMAGE and torchvision's ToTensor give), but these range from "
+        f"{low:g} to {high:g} ({hint})"
+    )
 
 
 class CREward(nn.Module):
@@ -79,9 +99,20 @@ class CREward(nn.Module):
         return resize_and_normalize(images, self.spec.preprocessing)
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Normalised pixels → float32 features ``[B, D]``."""
+        """Normalised pixels → float32 features ``[B, D]``.
+
+        Raises ``WeightsError`` when the backbone gives inf/NaN (fp16 activations overflow above
+        65504; bf16 and fp32 have fp32's range), instead of returning NaN scores.
+        """
         pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
-        return self.backbone(pixel_values).float()
+        features = self.backbone(pixel_values).float()
+        if not bool(torch.isfinite(features).all()):
+            if not bool(torch.isfinite(pixel_values).all()):
+                raise ImageError("the images hold inf/NaN values; nothing can be scored from them")
+            advice = ("fp16 has a small range (its activations overflow above 65504): run it in bf16 or fp32"
+                      if self.dtype == torch.float16 else "its weights may be damaged")
+            raise WeightsError(f"backbone {self.spec.name!r} ({self.backbone_source}) gave inf/NaN features in {str(self.dtype).replace('torch.', '')}: {advice}")
+        return features
 
     def score_features(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features.to(device=self.device, dtype=torch.float32))
@@ -110,12 +141,16 @@ class CREward(nn.Module):
                 ``channels_last`` (ComfyUI's IMAGE), or a list of ``[3, H, W]`` tensors of any sizes.
             batch_size: images per backbone forward (bounds memory).
             progress: called as ``progress(done, total)`` after each batch.
+
+        Raises:
+            ImageError: no images, or values clearly outside [0, 1] (such as 0..255 pixels).
         """
         if batch_size <= 0:
             raise ValueError(f"batch_size should be positive, got {batch_size}")
         total = len(images)
         if total == 0:
             raise ImageError("no images to score (empty batch)")
+        check_value_range(images)
         results = []
         for start in range(0, total, batch_size):
             chunk = images[start:start + batch_size]

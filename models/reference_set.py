@@ -204,23 +204,10 @@ class ReferenceSet:
         return json.dumps(self.as_dict(), indent=1, sort_keys=False, allow_nan=False) + "\n"
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the JSON file atomically (temporary file in the same folder, then rename)."""
-        import tempfile
+        """Write the JSON file atomically, with the usual permissions (``models.output_files``)."""
+        from .output_files import write_text_atomically
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-        try:
-            with os.fdopen(handle, "w") as stream:
-                stream.write(self.to_json())
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(temporary, 0o666 & ~mask)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return path
+        return write_text_atomically(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ReferenceSet":

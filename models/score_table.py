@@ -110,40 +110,32 @@ class ScoreTable:
         return rows
 
     def summary(self, max_rows: int = 32, digits: int = 3, calibration: Calibration | None = None) -> str:
-        """A small fixed-width text table: one line per image (up to ``max_rows``) and the mean.
+        """The scores as a Markdown table: one line per image (up to ``max_rows``), then the mean.
 
-        With ``calibration``, each line also has the percentiles (``pct``) and win probabilities
-        (``win``) per axis, and a last line says what they are relative to.
+        Its columns are padded, so it reads as an aligned table as plain text too (Preview as
+        Text in plain mode) and renders as a table where Markdown is rendered (Preview as Text in
+        the bundled front end, or in Markdown mode). With ``calibration``, two tables of the same
+        shape follow (percentiles 0-100, win probabilities 0-1) and a last line says what they
+        are relative to; each table stays as narrow as the first.
         """
-        width = max(len(axis) for axis in self.axes)
-        width = max(width, digits + 4)
-        header = "image  " + "  ".join(axis[:width].rjust(width) for axis in self.axes)
+        shown = min(len(self), max_rows)
+        labels = [f"#{image_id}" for image_id in self.ids[:shown]] + (["mean"] if len(self) > 1 else [])
+        tables = [("image", self.values, f".{digits}f", self.mean())]
         if calibration is not None:
-            header += "  |  pct " + " ".join(axis[:4].rjust(5) for axis in self.axes) + "  |  win " + " ".join(axis[:4].rjust(4) for axis in self.axes)
-        lines = [header]
-
-        def line(label: str, row, percentiles=None, win=None) -> str:
-            text = f"{label.ljust(5)}  " + "  ".join(f"{value:{width}.{digits}f}" for value in row)
-            if percentiles is not None:
-                text += "  |  pct " + " ".join(f"{value:5.1f}" for value in percentiles)
-                text += "  |  win " + " ".join(f"{value:4.2f}" for value in win)
-            return text
-
-        for position, (image_id, row) in enumerate(list(zip(self.ids, self.values.tolist()))[:max_rows]):
-            if calibration is None:
-                lines.append(line("#" + str(image_id), row))
-            else:
-                lines.append(line("#" + str(image_id), row, calibration.percentiles[position].tolist(), calibration.win[position].tolist()))
+            relative = calibration.is_batch_relative  # the mean of batch-relative values says nothing
+            tables.append(("percentile", calibration.percentiles, ".1f", None if relative else calibration.percentiles.nanmean(0)))
+            tables.append(("win prob.", calibration.win, ".2f", None if relative else calibration.win.nanmean(0)))
+        parts = []
+        for name, values, spec, mean in tables:
+            with_mean = len(self) > 1 and mean is not None
+            rows = values.tolist()[:shown] + ([mean.tolist()] if with_mean else [])
+            parts.append(_markdown_table([name, *self.axes], labels if with_mean else labels[:shown], rows, spec))
+        text = "\n\n".join(parts)
         if len(self) > max_rows:
-            lines.append(f"... {len(self) - max_rows} more")
-        if len(self) > 1:
-            if calibration is None or calibration.is_batch_relative:
-                lines.append(line("mean", self.mean().tolist()))
-            else:
-                lines.append(line("mean", self.mean().tolist(), calibration.percentiles.nanmean(0).tolist(), calibration.win.nanmean(0).tolist()))
+            text += f"\n\n{len(self) - max_rows} more image(s) not listed."
         if calibration is not None:
-            lines.append(f"pct = percentile (0-100), win = win probability (0-1), {calibration.label}")
-        return "\n".join(lines)
+            text += f"\n\npercentile (0-100), win probability (0-1): {calibration.label}"
+        return text
 
     def to_payload(self, calibration: Calibration | None = None) -> dict:
         """JSON-safe form (the ComfyUI front end draws bars from it).
@@ -184,7 +176,7 @@ class ScoreTable:
             value_label: what the values are, written on the chart ("score", "percentile").
             value_range: the value axis, e.g. ``(0, 100)``; None fits the values (always with 0).
             highlight: row positions drawn on a shaded background (e.g. the chosen images).
-            note: a short caption after ``value_label``.
+            note: a short caption after ``value_label`` (e.g. the precision in use).
         """
         values = self.values if values is None else torch.as_tensor(values, dtype=torch.float32)
         if tuple(values.shape) != tuple(self.values.shape):
@@ -208,6 +200,18 @@ class ScoreTable:
                 title, self.calibration.percentiles, "percentile", (0.0, 100.0), highlight, self.calibration.label,
             ))
         return charts
+
+
+def _markdown_table(names: Sequence[str], labels: Sequence[str], rows: Sequence[Sequence[float | None]], spec: str) -> str:
+    """A padded Markdown table: the first column left-aligned labels, the others right-aligned numbers."""
+    cells = [[label] + ["" if value is None else "nan" if value != value else f"{value:{spec}}" for value in row] for label, row in zip(labels, rows)]
+    widths = [max(len(name), *(len(row[column]) for row in cells)) for column, name in enumerate(names)]
+    lines = [
+        "| " + " | ".join([names[0].ljust(widths[0]), *(name.rjust(width) for name, width in zip(names[1:], widths[1:]))]) + " |",
+        "|:" + "-" * (widths[0] + 1) + "|" + "|".join("-" * (width + 1) + ":" for width in widths[1:]) + "|",
+    ]
+    lines += ["| " + " | ".join([row[0].ljust(widths[0]), *(cell.rjust(width) for cell, width in zip(row[1:], widths[1:]))]) + " |" for row in cells]
+    return "\n".join(lines)
 
 
 def _json_float(value: float) -> float | None:

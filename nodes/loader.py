@@ -12,7 +12,7 @@ import time
 import torch
 
 from ..models.backbones.registry import available_backbones, get_spec, load_backbone
-from ..models.device import DTYPES
+from ..models.device import DTYPES, precision_note
 from ..models.errors import CREwardError, WeightsError
 from ..models.head import load_head, read_head_file
 from ..models.model import CREward
@@ -22,6 +22,7 @@ from .managed_model import ManagedCREward
 logger = logging.getLogger(__name__)
 
 CATEGORY = "CREward"
+UI_KEY = "creward_loaded"  # what was loaded, in which precision: shown on the node by web/creward.js
 AUTO = "auto"
 DEVICES = (AUTO, "cpu")
 DTYPE_CHOICES = (AUTO, *DTYPES)
@@ -97,8 +98,9 @@ class CREwardLoader:
                 }),
                 "dtype": (list(DTYPE_CHOICES), {
                     "default": AUTO,
-                    "tooltip": "Backbone compute precision. 'auto': bf16/fp16 on GPUs that run them well, fp32 on the "
-                    "CPU. The head always runs in fp32.",
+                    "tooltip": "Backbone compute precision. fp32 gives the official numbers. 'auto': bf16/fp16 on GPUs "
+                    "that run them well (faster; scores differ slightly), fp32 on the CPU. The head always runs in fp32. "
+                    "The precision in use is shown on the node after it runs.",
                 }),
             },
             "optional": {
@@ -169,6 +171,8 @@ class CREwardLoader:
                 raise WeightsError(f"backbone_weights: {error}") from error
             source = str(weights_path)
         model = CREward(backbone_module, head_module, info, spec, backbone_source=source)
-        description = f"{spec.name} head {head} + backbone {source} on {load_device} ({str(compute_dtype).replace('torch.', '')})"
+        precision = precision_note(compute_dtype, "dtype fp32")
+        description = f"{spec.name} head {head} + backbone {source} on {load_device}, {precision}"
         logger.info("CREward loaded in %.2f s: %s", time.perf_counter() - started, description)
-        return (ManagedCREward(model, load_device, offload_device, compute_dtype, description),)
+        shown = f"{spec.name} on {load_device}, {precision}"
+        return {"ui": {UI_KEY: [{"text": shown}]}, "result": (ManagedCREward(model, load_device, offload_device, compute_dtype, description),)}

@@ -66,6 +66,13 @@ class ManagedCREward:
         return self.model.axes
 
     @property
+    def short_description(self) -> str:
+        """Backbone and precision, e.g. ``clip, fp32`` (the caption of the score bars)."""
+        from ..models.device import dtype_name
+
+        return f"{self.model.spec.name}, {dtype_name(self.model.dtype)}"
+
+    @property
     def image_size(self) -> int:
         return self.model.image_size
 

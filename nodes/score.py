@@ -1,7 +1,8 @@
 """``CREwardScore`` (IMAGE) and ``CREwardScoreLatent`` (LATENT + VAE): per-image creativity scores.
 
 Both return a ``CREWARD_SCORES`` value (every image's four scores), one FLOAT per axis and a text
-summary, and send the scores to the UI, where ``web/creward.js`` draws them as bars on the node.
+summary (a Markdown table), and send the scores to the UI, where ``web/creward.js`` draws them as
+bars on the node: the payload's ``charts`` (``ScoreTable.chart``) say what to draw.
 
 For a batch, each FLOAT output is the **mean** over the images (for one image, its score).
 
@@ -35,7 +36,8 @@ SCORE_OUTPUT_TOOLTIPS = (
     "Every image's scores (geometry, material, texture, overall), for CREward Select Best and CREward Plot Scores; "
     "with a reference connected, also their percentiles and win probabilities.",
     *(f"{axis.capitalize()} creativity: the mean over the batch (for a single image, its score)." for axis in AXES),
-    "The scores as a small text table (one line per image, and the mean), with percentiles and win probabilities.",
+    "The scores as a Markdown table (one line per image, and the mean; with percentiles and win probabilities); reads "
+    "as an aligned table as plain text too.",
     *(f"{axis.capitalize()} percentile (0-100) against the connected reference: the mean over the batch (for a single "
       f"image, its percentile). NaN when no reference is connected." for axis in AXES),
 )
@@ -56,8 +58,8 @@ def _per_axis(values: torch.Tensor, axes: tuple[str, ...]) -> list[float]:
     return floats
 
 
-def score_outputs(table: ScoreTable, title: str) -> dict:
-    """``{"ui": ..., "result": ...}`` shared by the scoring nodes."""
+def score_outputs(table: ScoreTable, title: str, note: str | None = None) -> dict:
+    """``{"ui": ..., "result": ...}`` shared by the scoring nodes (``note``: a caption for the score bars)."""
     floats = _per_axis(table.mean(), table.axes)
     if table.calibration is not None:
         percentiles = _per_axis(table.calibration.percentiles.nanmean(dim=0), table.axes)
@@ -65,7 +67,7 @@ def score_outputs(table: ScoreTable, title: str) -> dict:
         percentiles = [math.nan] * len(AXES)
     calibration = table.calibrated()  # vs the reference, else within this batch
     summary = table.summary(calibration=calibration if table.calibration is not None or len(table) > 1 else None)
-    payload = {**table.to_payload(calibration), "title": title, "charts": table.charts(title)}
+    payload = {**table.to_payload(calibration), "title": title, "charts": table.charts(title, note=note)}
     return {"ui": {UI_KEY: [payload], "text": [summary]}, "result": (table, *floats, summary, *percentiles)}
 
 
@@ -118,7 +120,7 @@ class CREwardScore:
         bar = _progress_bar(images.shape[0])
         values = creward.score_images(images, batch_size, progress=bar.update_absolute)
         table = with_reference(ScoreTable(values, creward.axes, scorer=creward.scorer), reference)
-        return score_outputs(table, f"CREward ({len(table)} image{'s' if len(table) != 1 else ''})")
+        return score_outputs(table, f"CREward ({len(table)} image{'s' if len(table) != 1 else ''})", creward.short_description)
 
 
 def mask_boxes(noise_mask: torch.Tensor, count: int, height: int, width: int) -> list[tuple[int, int, int, int] | None]:
@@ -215,7 +217,7 @@ class CREwardScoreLatent:
             rows.append(values)
             bar.update_absolute(min(start + decode_batch_size, count))
         table = with_reference(ScoreTable(torch.cat(rows), creward.axes, ids, scorer=creward.scorer), reference)
-        return score_outputs(table, f"CREward ({len(table)} latent{'s' if len(table) != 1 else ''})")
+        return score_outputs(table, f"CREward ({len(table)} latent{'s' if len(table) != 1 else ''})", creward.short_description)
 
 
 def check_latent(latent, vae) -> torch.Tensor:

@@ -211,7 +211,7 @@ class CREwardSelectBest:
         payload = {
             **table.to_payload(calibration),
             "title": title,
-            "charts": table.charts(title, highlight=chosen),
+            "charts": table.charts(title, highlight=chosen, note=f"chosen: {', '.join(f'#{table.ids[row]}' for row in chosen)}"),
             "chosen": chosen,
             "rejected": rejected,
             "values": [value if math.isfinite(value) else None for value in selection.values.tolist()],

@@ -16,6 +16,12 @@ Usage::
 
 or, from Python, ``ensure_comfyui()`` which returns the ComfyUI folder.
 
+It also installs the newest front end the browser tests cover beside the bundled one:
+``pip install --no-deps --target <repo>/.cache/comfyui-frontend-<version>
+comfyui-frontend-package==<version>`` (never into site-packages, where ComfyUI's own pinned
+front end stays the default); ``ensure_frontend()`` returns the folder to pass to ComfyUI's
+``--front-end-root``.
+
 Idempotent: a marker file in DEST records a finished build (and for which interpreter the
 requirements were installed); re-running with the marker present returns at once. If the
 environment variable ``COMFYUI_PATH`` names an existing ComfyUI checkout, it is used as is and
@@ -54,6 +60,9 @@ TORCH_PINS = ("torch==2.14.1", "torchvision==0.29.1")
 # Imported by ComfyUI's front-end manager but missing from its requirements.txt.
 EXTRA_REQUIREMENTS = ("requests",)
 MARKER_NAME = ".creward_comfyui_complete.json"
+# The newest front end, tested beside the one ComfyUI 0.3.75 pins (1.32.9, in site-packages).
+NEWEST_FRONTEND_VERSION = "1.58.1"
+FRONTEND_PACKAGE = "comfyui-frontend-package"
 
 
 class ComfyUISetupError(RuntimeError):
@@ -208,6 +217,48 @@ def ensure_comfyui(dest: Path | str | None = None, force: bool = False) -> Path:
     return dest
 
 
+def frontend_dir(version: str = NEWEST_FRONTEND_VERSION) -> Path:
+    """Where ``ensure_frontend(version)`` installs that front end."""
+    return CACHE_DIR / f"comfyui-frontend-{version}"
+
+
+def ensure_frontend(version: str = NEWEST_FRONTEND_VERSION) -> Path:
+    """Install ``comfyui-frontend-package==version`` into its own folder; return its static root.
+
+    ``pip install --no-deps --target`` into a temporary sibling folder, renamed into place when
+    complete (a killed install leaves nothing half-made); the site-packages front end is never
+    touched. The returned folder (``.../comfyui_frontend_package/static``) is what ComfyUI's
+    ``--front-end-root`` takes.
+
+    Raises:
+        ComfyUISetupError: pip failed or the package has no ``static/index.html``.
+    """
+    target = frontend_dir(version)
+    static = target / "comfyui_frontend_package" / "static"
+    if (static / "index.html").is_file():
+        return static
+    with file_lock(target.parent / (target.name + ".lock")):
+        if (static / "index.html").is_file():
+            return static
+        staging = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
+        try:
+            _run(
+                [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-deps", "--quiet",
+                 "--target", str(staging), f"{FRONTEND_PACKAGE}=={version}"],
+                f"installing {FRONTEND_PACKAGE} {version}",
+            )
+            if not (staging / "comfyui_frontend_package" / "static" / "index.html").is_file():
+                raise ComfyUISetupError(f"{FRONTEND_PACKAGE}=={version} installed no comfyui_frontend_package/static/index.html")
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    logger.info("%s %s ready in %s", FRONTEND_PACKAGE, version, target)
+    return static
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dest", type=Path, default=None, help=f"ComfyUI folder (default: {DEFAULT_DEST})")
@@ -217,10 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         path = ensure_comfyui(options.dest, force=options.force)
+        frontend = ensure_frontend()
     except ComfyUISetupError as error:
         logger.error("%s", error)
         return 1
-    print(f"ComfyUI {COMFYUI_VERSION} at {path} ({time.monotonic() - started:.1f} s)")
+    print(f"ComfyUI {COMFYUI_VERSION} at {path}, front end {NEWEST_FRONTEND_VERSION} at {frontend} ({time.monotonic() - started:.1f} s)")
     return 0
 
 

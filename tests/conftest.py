@@ -7,7 +7,11 @@ ComfyUI fixtures (all build or reuse ComfyUI 0.3.75 via ``comfyui_setup``; none 
   ComfyUI, with ``custom_nodes/comfyui-creward`` linked to this repository.
 - ``comfyui_servers`` (session): ``start(extra_args=(), base_dir=None) -> ComfyUIClient`` for
   extra servers (``--cache-none``...); all are stopped at the end of the session.
-- ``comfyui_server`` (session): the shared server's ``ComfyUIClient``.
+- ``comfyui_server`` (session): the shared server's ``ComfyUIClient`` (the front end ComfyUI
+  0.3.75 pins, 1.32.9, from site-packages).
+- ``comfyui_server_newest_frontend`` (session): a second server on the same base directory
+  serving the newest front end (``comfyui_setup.NEWEST_FRONTEND_VERSION``) with
+  ``--front-end-root``.
 - ``comfy_inprocess`` (session): ComfyUI's ``nodes`` module imported into the test process.
 - ``browser`` (session) / ``browser_page`` (function): Playwright on Debian's Chromium; the
   page gets a screenshot and console log in ``artifacts/`` when its test fails. Skipped when
@@ -24,7 +28,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))  # so tests/ helpers import under any import mode
 
 import comfyui_harness as harness  # noqa: E402
-from comfyui_setup import ComfyUISetupError, ensure_comfyui  # noqa: E402
+from comfyui_setup import ComfyUISetupError, ensure_comfyui, ensure_frontend  # noqa: E402
 
 _REPORTS = pytest.StashKey[dict]()
 
@@ -82,6 +86,15 @@ def comfyui_server(comfyui_servers):
     if failures:
         pytest.fail("ComfyUI could not import our pack:\n" + "\n".join(failures), pytrace=False)
     return client
+
+
+@pytest.fixture(scope="session")
+def comfyui_server_newest_frontend(comfyui_servers):
+    try:
+        frontend = ensure_frontend()
+    except ComfyUISetupError as error:
+        pytest.fail(f"could not install the newest front end: {error}", pytrace=False)
+    return comfyui_servers(extra_args=("--front-end-root", str(frontend)))
 
 
 @pytest.fixture(scope="session")

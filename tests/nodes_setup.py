@@ -29,6 +29,16 @@ WORKFLOWS = REPO_ROOT / "workflows"
 WEIGHT_CACHE = REPO_ROOT / ".cache" / "test-weights"
 CHECKPOINT_BUILD = "tiny-sd15-v1.safetensors"  # bump when install_sd15_checkpoint changes
 UI_WORKFLOWS = ("creward_score_images", "creward_best_of_n", "creward_score_latents")
+# The template browser titles a pack's template by its file name, so the UI-format files have
+# readable names; their API twins keep the short names scripts use: workflows/api/<key>.json.
+TEMPLATE_NAMES = {
+    "creward_score_images": "Score images with CREward",
+    "creward_best_of_n": "Best of N with CREward",
+    "creward_score_latents": "Score latents with CREward",
+    "explain": "Explain a score with Grad-CAM",
+    "creative_lora_sliders": "Creative LoRA sliders",
+    "train_creative_lora": "Train a creative LoRA",
+}
 EXAMPLE_IMAGES = ("example.png", "creward_a.png", "creward_b.png", "creward_c.png")
 
 
@@ -82,8 +92,13 @@ def api_workflow(name: str) -> dict:
     return copy.deepcopy(json.loads((WORKFLOWS / "api" / f"{name}.json").read_text()))
 
 
+def ui_workflow_path(name: str) -> Path:
+    """``workflows/<template name>.json``, the UI-format twin of ``workflows/api/<name>.json``."""
+    return WORKFLOWS / f"{TEMPLATE_NAMES[name]}.json"
+
+
 def ui_workflow(name: str) -> dict:
-    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+    return json.loads(ui_workflow_path(name).read_text())
 
 
 def small_sampling(graph: dict, size: int = 64, batch: int = 4, steps: int = 2) -> dict:

@@ -56,7 +56,7 @@ def env(comfy_inprocess, comfy_base_dir):
 
     Env.core, Env.reference = core, reference
     with torch.inference_mode():
-        Env.creward = Env.M["CREwardLoader"]().load(comfyui_models.HEAD_NAME, "auto", "auto", "auto", "auto")[0]
+        Env.creward = Env.M["CREwardLoader"]().load(comfyui_models.HEAD_NAME, "auto", "auto", "auto", "auto")["result"][0]
     return Env
 
 
@@ -93,7 +93,9 @@ def test_score_with_reference_equals_the_library(env, batch):
     np.testing.assert_allclose(payload["percentiles"], expected.percentiles.numpy(), atol=1e-4)
     assert [chart["value_label"] for chart in payload["charts"]] == ["score", "percentile"]
     lines = summary.splitlines()
-    assert "pct" in lines[0] and len(lines) == 1 + 6 + 1 + 1 and lines[-1].endswith(table.calibration.label)
+    assert [line.split("|")[1].strip() for line in lines if line.startswith("|") and "---" not in line and not line.startswith("| #")] == [
+        "image", "mean", "percentile", "mean", "win prob.", "mean"]  # three Markdown tables: scores, percentiles, win probabilities
+    assert lines[-1].endswith(table.calibration.label)
     json.dumps(output["ui"])
 
 
@@ -107,7 +109,7 @@ def test_score_without_reference_shows_the_batch_relative_view(env, batch):
     assert [chart["value_label"] for chart in payload["charts"]] == ["score"]  # the bars stay scores without a reference
     assert "within this batch (6 images)" in output["result"][5]
     single = run(env, "CREwardScore", "score", env.creward, batch[:1])
-    assert "pct" not in single["result"][5]  # one image: no batch-relative columns
+    assert "percentile" not in single["result"][5]  # one image: no batch-relative tables
 
 
 def test_score_latent_with_reference(env):

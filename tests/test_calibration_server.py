@@ -91,7 +91,7 @@ def test_score_with_a_reference_and_select_best_by_percentile(env):
     assert percentile_chart["value_label"] == "percentile" and percentile_chart["value_range"] == [0.0, 100.0]
     assert percentile_chart["values"] == payload["percentiles"] and percentile_chart["note"] == "vs reference server_pool (60 images)"
     text = harness.ComfyUIClient.outputs(first, "31")["text"][0]
-    assert "pct" in text and "vs reference server_pool" in text
+    assert "| percentile " in text and "vs reference server_pool" in text
     assert float(harness.ComfyUIClient.outputs(first, "37")["text"][0]) == pytest.approx(expected.percentiles[:, 3].mean().item(), abs=1e-3)
     assert png(client.output_files(first, "36")[0]).shape[0] == 240
 

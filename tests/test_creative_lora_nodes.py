@@ -33,7 +33,7 @@ def env(comfy_inprocess, comfy_base_dir):
         clip = TinyClip()
 
     with torch.inference_mode():
-        Env.creward = Env.M["CREwardLoader"]().load(HEAD_NAME, "auto", "auto", "auto", "auto")[0]
+        Env.creward = Env.M["CREwardLoader"]().load(HEAD_NAME, "auto", "auto", "auto", "auto")["result"][0]
         Env.model = tiny_sd15_model(seed=1, prediction="v")
         Env.other_model = tiny_sd15_model(seed=7, prediction="v")
         Env.vae = tiny_vae()

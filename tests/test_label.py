@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 from PIL import Image
@@ -51,7 +51,7 @@ class Call:
 
     number: int
     path: str
-    headers: dict
+    headers: Any  # http.client.HTTPMessage: case-insensitive names
     body: dict
     first: str | None = None  # colour name of the image shown first ("A")
     second: str | None = None
@@ -108,7 +108,8 @@ class FakeLVLM:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length))
                 with fake.lock:
-                    call = Call(len(fake.calls), self.path, dict(self.headers.items()), body, started=time.monotonic())
+                    # self.headers (an HTTPMessage) looks names up case-insensitively, as HTTP has them
+                    call = Call(len(fake.calls), self.path, self.headers, body, started=time.monotonic())
                     fake.calls.append(call)
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
@@ -186,7 +187,7 @@ def make_pairs(folder: Path, colour_pairs: list[tuple[str, str]]) -> Path:
 
 
 def client_for(server: FakeLVLM, **kwargs) -> ChatClient:
-    options = {"timeout": 5.0, "retries": 3, "backoff": 0.01}
+    options = {"timeout": 5.0, "retries": 3}
     options.update(kwargs)
     return ChatClient(server.url, MODEL, **options)
 
@@ -361,23 +362,27 @@ def test_malformed_recorded_and_prose_or_fence_parsed(tmp_path, fake):
     assert len(lines_of(out)) == 8  # 5 + 3 newer records; the newest wins
 
 
-def test_429_and_500_are_retried_honouring_retry_after(tmp_path, fake):
+def test_429_and_500_are_retried_with_back_off_honouring_retry_after(tmp_path, fake, caplog):
     def flaky(call: Call) -> Reply:
         if call.number == 0:
-            return Reply(status=429, body='{"error": "slow down"}', headers={"Retry-After": "0.3"})
+            return Reply(status=429, body='{"error": "slow down"}', headers={"Retry-After": "1.2"})
         if call.number == 1:
             return Reply(status=500, body='{"error": "overloaded"}')
         if call.number == 2:
-            return Reply(status=503, body="")
+            return Reply(status=503, body="", headers={"Retry-After": "0.05"})
         return good_judge(call)
 
     server = fake(flaky)
     pairs = make_pairs(tmp_path / "pairs", PAIRS[:1])
     out = tmp_path / "labels.jsonl"
-    summary = label_pairs(pairs, out, client_for(server, backoff=0.01), concurrency=1, progress=False)
+    summary = label_pairs(pairs, out, client_for(server), concurrency=1, progress=False)
     assert summary.ok == 1 and summary.error is None
     assert (summary.requests, summary.retries, len(server.calls)) == (5, 3, 5)
-    assert server.calls[1].started - server.calls[0].started >= 0.25  # Retry-After honoured
+    gaps = [later.started - earlier.started for earlier, later in zip(server.calls, server.calls[1:])]
+    assert gaps[0] >= 1.1  # Retry-After honoured (longer than the back-off would be)
+    assert 0.5 * 2 * 0.75 <= gaps[1] < 1.1  # exponential back-off without Retry-After: 0.5 s doubled per retry, -25 % jitter
+    assert gaps[2] < 0.5  # a short Retry-After wins too
+    assert "HTTP 429" in caplog.text and "HTTP 500" in caplog.text and "HTTP 503" in caplog.text
     assert lines_of(out)[0]["labels"] == {axis: "A" for axis in AXES}
 
 
@@ -493,7 +498,7 @@ def test_cli_settings_from_environment_and_key_never_leaks(tmp_path, fake, monke
     caplog.set_level(logging.DEBUG)
     pairs = make_pairs(tmp_path / "pairs", PAIRS[:2])
     out = tmp_path / "labels.jsonl"
-    code = cli("-v", "train", "label", str(pairs), "-o", str(out), "--backoff", "0.01", "--no-progress")
+    code = cli("-v", "train", "label", str(pairs), "-o", str(out), "--no-progress")
     assert code == 0
     assert all(call.headers.get("Authorization") == f"Bearer {KEY}" for call in server.calls)
     assert len(server.calls) == 5  # one retry
@@ -522,12 +527,18 @@ def test_cli_bad_pairs_dir_fails_clearly(tmp_path, caplog):
     assert not (tmp_path / "l.jsonl").exists()
 
 
-def test_cli_missing_endpoint_or_model(tmp_path, caplog):
+def test_cli_missing_endpoint_or_model_is_a_usage_error(tmp_path, capsys):
     pairs = make_pairs(tmp_path / "pairs", PAIRS[:1])
-    assert cli("train", "label", str(pairs), "--model", MODEL, "-o", str(tmp_path / "l.jsonl")) != 0
-    assert "CREWARD_LVLM_ENDPOINT" in caplog.text
-    assert cli("train", "label", str(pairs), "--endpoint", "http://127.0.0.1:9/v1", "-o", str(tmp_path / "l.jsonl")) != 0
-    assert "CREWARD_LVLM_MODEL" in caplog.text
+    assert cli("train", "label", str(pairs), "--model", MODEL, "-o", str(tmp_path / "l.jsonl")) == 2
+    err = capsys.readouterr().err
+    assert "usage: creward train label" in err and "CREWARD_LVLM_ENDPOINT" in err
+    assert cli("train", "label", str(pairs), "--endpoint", "http://127.0.0.1:9/v1", "-o", str(tmp_path / "l.jsonl")) == 2
+    assert "CREWARD_LVLM_MODEL" in capsys.readouterr().err
+    assert cli("train", "label", str(pairs), "--endpoint", "ftp://host/v1", "--model", MODEL, "-o", str(tmp_path / "l.jsonl")) == 2
+    assert "http:// or https://" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse types: refused while parsing
+        cli("train", "label", str(pairs), "--timeout", "0", "-o", str(tmp_path / "l.jsonl"))
+    assert exit_info.value.code == 2 and "--timeout" in capsys.readouterr().err
 
 
 def test_cli_unreachable_endpoint_fails_after_retries(tmp_path, caplog):
@@ -538,7 +549,7 @@ def test_cli_unreachable_endpoint_fails_after_retries(tmp_path, caplog):
     out = tmp_path / "labels.jsonl"
     code = cli(
         "train", "label", str(pairs), "--endpoint", f"http://127.0.0.1:{port}/v1", "--model", MODEL,
-        "-o", str(out), "--retries", "2", "--backoff", "0.01", "--no-progress",
+        "-o", str(out), "--retries", "2", "--no-progress",
     )
     assert code == 1
     assert f"127.0.0.1:{port}/v1/chat/completions" in caplog.text and "gave up after 3 attempts" in caplog.text

@@ -64,7 +64,10 @@ def test_score_files_keeps_order_and_skips_corrupt_files(tmp_path):
     assert [p.name for p in skipped] == ["notes.txt"]
     results = score_files(model, images, batch_size=2, workers=2)
     assert [r.path for r in results] == [str(p) for p in images]
-    assert results[2].scores is None and "img2.png" in results[2].error
+    assert results[2].scores is None and results[2].error == "not a readable image (no image format PIL knows)"
+    assert results[2].as_dict(model.axes) == {"path": str(images[2]), **{axis: None for axis in model.axes}, "error": results[2].error}
+    # a file named explicitly is kept whatever its extension (decoded by content)
+    assert collect_image_paths([tmp_path / "notes.txt"]) == ([tmp_path / "notes.txt"], [])
     good = [r for r in results if r.scores is not None]
     expected = model.score([__import__("creward.models.preprocess", fromlist=["x"]).load_image(images[i]) for i in (0, 1, 3, 4)])
     got = torch.tensor([[r.scores[a] for a in model.axes] for r in good])
@@ -124,6 +127,46 @@ def test_huge_images_are_reduced_before_preprocessing_and_small_ones_are_not(tmp
     assert reduced.shape == (3, 150, 200)  # box-reduced by 2: memory bounded by max_pixels
     Image.fromarray(array).save(tmp_path / "big.jpg", quality=95)
     assert load_image(tmp_path / "big.jpg", max_pixels=100 * 75).shape[1:] == (75, 100)
+
+
+def test_reducing_a_huge_image_is_a_warning_and_can_be_turned_off(tmp_path, caplog):
+    from creward.models.preprocess import load_image
+
+    Image.fromarray((np.random.default_rng(1).random((300, 400, 3)) * 255).astype(np.uint8)).save(tmp_path / "big.png")
+    with caplog.at_level("WARNING", logger="creward"):
+        load_image(tmp_path / "big.png", max_pixels=200 * 150)
+    [record] = [record for record in caplog.records if "big.png" in record.getMessage()]
+    assert record.levelname == "WARNING" and "400x300" in record.getMessage() and "--max-pixels 0" in record.getMessage()
+    caplog.clear()
+    for off in (None, 0):
+        assert load_image(tmp_path / "big.png", max_pixels=off).shape == (3, 300, 400)
+    assert not caplog.records
+    model = toy_model()  # through score_files (the CLI's path) too
+    [reduced] = score_files(model, [tmp_path / "big.png"], workers=0, max_pixels=200 * 150)
+    [full] = score_files(model, [tmp_path / "big.png"], workers=0, max_pixels=None)
+    expected = model.score([load_image(tmp_path / "big.png", max_pixels=None)])[0]
+    torch.testing.assert_close(torch.tensor([full.scores[a] for a in model.axes]), expected, atol=1e-5, rtol=0)
+    assert reduced.scores != full.scores
+
+
+@pytest.mark.parametrize("scale, hint", [(255.0, "divide them by 255"), (None, "(x + 1) / 2")])
+def test_images_clearly_outside_zero_one_are_refused(scale, hint):
+    model = toy_model()
+    images = torch.rand(2, 3, 32, 32)
+    images = images * scale if scale else images * 2 - 1
+    with pytest.raises(ImageError, match=r"values in \[0, 1\].*" + hint.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
+        model.score(images)
+    with pytest.raises(ImageError, match="values in"):
+        model.score(list(images))
+    model.score(torch.rand(2, 3, 32, 32) * 1.1 - 0.05)  # resampling overshoot is fine
+
+
+def test_non_finite_features_are_an_error_naming_the_precision():
+    model = toy_model()
+    model.backbone.embed.bias.data[0] = float("inf")  # what an fp16 overflow gives
+    model.place("cpu", torch.float16)
+    with pytest.raises(WeightsError, match=r"inf/NaN features in float16: fp16 has a small range.*bf16 or fp32"):
+        model.score(torch.rand(1, 3, 32, 32))
 
 
 def test_sixteen_bit_grayscale_uses_its_full_range(tmp_path):

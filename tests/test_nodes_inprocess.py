@@ -37,6 +37,9 @@ def env(comfy_inprocess, comfy_base_dir):
     from safetensors.torch import save_file
 
     save_file({"weight": torch.zeros(2, 2)}, str(creward_dir / "not_a_head.safetensors"))
+    state = {key: value.contiguous() for key, value in build_head(clip_builder.FEATURE_DIM).state_dict().items()}
+    save_file(state, str(creward_dir / "creward_bad_axes.safetensors"),
+              metadata={"creward.backbone": "clip", "creward.axes": "geometry,material,texture,overall", "creward.version": "1"})
     (creward_dir / "notes.txt").write_text("not weights")
     mappings = comfy_inprocess.NODE_CLASS_MAPPINGS
     core = load(files["head"], backbone_weights=files["backbone"])
@@ -50,7 +53,7 @@ def env(comfy_inprocess, comfy_base_dir):
 
     Env.core = core
     with torch.inference_mode():
-        Env.creward = mappings["CREwardLoader"]().load(HEAD, "auto", "auto", "auto", "auto")[0]
+        Env.creward = result(mappings["CREwardLoader"]().load(HEAD, "auto", "auto", "auto", "auto"))[0]
         Env.vae = mappings["VAELoader"]().load_vae("taesd")[0]
     return Env
 
@@ -87,6 +90,8 @@ def test_loader_validation_says_what_is_wrong_with_a_head(env):
     validate = env.M["CREwardLoader"].VALIDATE_INPUTS
     assert validate(head=HEAD) is True
     assert "is not a CREward head" in validate(head="not_a_head.safetensors")
+    bad_axes = validate(head="creward_bad_axes.safetensors")  # not a bare "Expecting value: line 1 column 1"
+    assert "creward_bad_axes.safetensors" in bad_axes and "'creward.axes'" in bad_axes and "JSON list" in bad_axes
     assert "not found" in validate(head="missing.safetensors") and HEAD in validate(head="missing.safetensors")
 
 
@@ -121,8 +126,11 @@ def test_missing_optional_package_is_a_node_error_not_an_import_failure(env, mon
 
 
 def test_official_ckpt_head_loads_with_backbone_chosen(env):
-    creward = run("CREwardLoader", env, "load", "reward_head_best.ckpt", "clip", "auto", "cpu", "fp32")[0]
+    output = run("CREwardLoader", env, "load", "reward_head_best.ckpt", "clip", "auto", "cpu", "fp32")
+    creward = result(output)[0]
     assert creward.model.spec.name == "clip"
+    # the node shows what it loaded and in which precision
+    assert output["ui"]["creward_loaded"] == [{"text": "clip on cpu, fp32 (the official precision)"}]
 
 
 # -- scoring images -------------------------------------------------------------------------
@@ -136,8 +144,19 @@ def test_score_equals_core_with_batch_mean_outputs_and_ui(env):
     torch.testing.assert_close(torch.tensor(floats), expected.mean(dim=0), atol=1e-5, rtol=1e-5)
     assert all(math.isnan(value) for value in output["result"][6:])  # the *_percentile outputs need a reference
     assert scores.ids == tuple(range(5)) and "#4" in summary and "mean" in summary
+    lines = summary.splitlines()  # a Markdown table: header, rule, one line per image, the mean; then what pct/win are
+    table = lines[:8]
+    assert all(line.startswith("|") and line.endswith("|") for line in table)
+    assert [cell.strip() for cell in table[0].split("|")[1:6]] == ["image", "geometry", "material", "texture", "overall"]
+    assert len({len(line) for line in table}) == 1  # padded: aligned as plain text too
+    assert lines[9].startswith("| percentile ") and lines[17].startswith("| win prob. ")  # the batch-relative view, same width
+    assert lines[-1] == "percentile (0-100), win probability (0-1): within this batch (5 images)"
     payload = output["ui"]["creward_scores"][0]
     assert payload["axes"] == ["geometry", "material", "texture", "overall"] and len(payload["scores"]) == 5
+    [chart] = payload["charts"]  # what web/creward.js draws
+    assert chart["series"] == payload["axes"] and chart["labels"] == [f"#{i}" for i in range(5)]
+    assert chart["values"] == payload["scores"] and chart["value_label"] == "score" and chart["value_range"] is None
+    assert chart["note"] == "clip, fp32"
     json.dumps(output["ui"])  # the UI payload must be JSON
 
 
@@ -354,7 +373,7 @@ def comfy_clip_vision(tmp_path, vision: dict):
 
 def test_clip_vision_input_is_used_as_the_clip_backbone(env, tmp_path):
     clip_vision, weights = comfy_clip_vision(tmp_path, {"patch_size": 14})
-    creward = run("CREwardLoader", env, "load", HEAD, "auto", "auto", "auto", "auto", clip_vision=clip_vision)[0]
+    creward = result(run("CREwardLoader", env, "load", HEAD, "auto", "auto", "auto", "auto", clip_vision=clip_vision))[0]
     assert "CLIP_VISION" in creward.description
     images = torch.rand(3, 70, 90, 3)
     scores = result(run("CREwardScore", env, "score", creward, images))[0]

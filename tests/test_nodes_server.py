@@ -73,10 +73,9 @@ def expect_ok(client) -> None:
 
 def test_template_browser_serves_the_ui_workflows_but_not_the_api_twins(env):
     served = env.client.example_workflows()
-    assert set(nodes_setup.UI_WORKFLOWS) <= set(served)
-    assert not any(name.startswith("api") for name in served)
-    for name in nodes_setup.UI_WORKFLOWS:
-        assert served[name] == nodes_setup.ui_workflow(name)
+    assert set(served) == set(nodes_setup.TEMPLATE_NAMES.values())  # the api/ twins are not listed
+    for name in nodes_setup.TEMPLATE_NAMES:
+        assert served[nodes_setup.TEMPLATE_NAMES[name]] == nodes_setup.ui_workflow(name)
     assert "/extensions/comfyui-creward/creward.js" in env.client.extensions()
 
 
@@ -225,3 +224,19 @@ def test_missing_backbone_and_width_mismatch_are_execution_errors(env, head, mes
     error = execution_error(env.client, graph)
     assert error["node_type"] == "CREwardLoader" and message in error["exception_message"]
     expect_ok(env.client)
+
+
+def test_every_template_has_a_readable_title_and_a_thumbnail(env):
+    """The template browser titles a template by its file name and shows <name>.jpg beside it."""
+    from urllib.parse import quote
+
+    client = env.client
+    listed = client.get("/workflow_templates").json()[harness.PACK_LINK_NAME]
+    assert sorted(listed) == sorted(nodes_setup.TEMPLATE_NAMES.values())
+    for name in listed:
+        assert "_" not in name and name[0].isupper(), name
+        response = client.get(f"/api/workflow_templates/{harness.PACK_LINK_NAME}/{quote(name)}.jpg")
+        assert response.status_code == 200 and response.headers["Content-Type"] == "image/jpeg", name
+        with Image.open(__import__("io").BytesIO(response.content)) as thumbnail:
+            assert thumbnail.format == "JPEG" and thumbnail.size == (512, 320), name
+            assert len(thumbnail.convert("RGB").getcolors(1 << 20)) > 500, name  # a real render, not a flat fill

@@ -125,6 +125,19 @@ def test_score_table_mean_take_summary_payload():
         ScoreTable(values, ids=(1,))
 
 
+def test_score_table_chart_draws_the_scores_or_any_other_value_of_the_same_shape():
+    scores = ScoreTable(torch.tensor([[1.0, 2, 3, 4], [3.0, 4, 5, float("inf")]]), ids=(7, 9))
+    chart = scores.chart("t", note="clip, fp32")
+    assert chart == {
+        "title": "t", "series": list(scores.axes), "labels": ["#7", "#9"], "values": [[1.0, 2.0, 3.0, 4.0], [3.0, 4.0, 5.0, None]],
+        "value_label": "score", "value_range": None, "highlight": [], "note": "clip, fp32",
+    }
+    percentiles = scores.chart("t", values=torch.full((2, 4), 50.0), value_label="percentile", value_range=(0, 100), highlight=[1])
+    assert percentiles["values"][0] == [50.0] * 4 and percentiles["value_range"] == [0, 100] and percentiles["highlight"] == [1]
+    with pytest.raises(CREwardError, match=r"shaped \(2, 4\)"):
+        scores.chart("t", values=torch.zeros(3, 4))
+
+
 def test_plot_draws_axis_colours_and_highlight():
     values = torch.tensor([[1.0, -0.5, 0.25, 0.8], [0.2, 0.4, -1.0, 0.1]])
     image = plot_scores(values, ids=(3, 4), highlight=[1], title="t", height=240)

@@ -200,3 +200,26 @@ def test_head_of_another_width_fails_naming_it(workspace, tmp_path, capsys, capl
     code, out = run(["train", "eval", "--head", str(tmp_path / "narrow.safetensors"), str(root / "test"), "--labels", str(root / "test" / "labels.jsonl"),
                      "--cache", str(root / "cache"), "--backbone-weights", str(workspace["weights"]), "--json"], capsys)
     assert code == 1 and out == "" and "narrow.safetensors expects 8-wide features" in caplog.text
+
+
+# -- usage errors: exit 2, said before anything is read ------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["train", "fit", "{a}", "{b}", "--labels", "{l}", "--backbone", "clip", "-o", "{o}"], "--labels: 2 pairs folder(s) but 1 labels file(s)"),
+    (["train", "fit", "{a}", "--labels", "{l}", "--backbone", "clip", "-o", "{o}", "--split", "800,x"], "--split: split '800,x'"),
+    (["train", "fit", "{a}", "--labels", "{l}", "--backbone", "clip", "-o", "{o}", "--epochs", "0"], "--epochs: expected a number >= 1"),
+    (["train", "fit", "{a}", "--labels", "{l}", "--backbone", "clip", "-o", "{o}", "--val-fraction", "1"], "--val-fraction: expected a number from 0 to below 1"),
+    (["train", "fit", "{a}", "--labels", "{l}", "--backbone", "clip", "-o", "{o}", "--lr", "-1"], "--lr: expected a number > 0"),
+    (["train", "eval", "--head", "{o}", "{a}", "--labels", "{l}", "--split", "10,5", "--part", "test"], "--part test: --split 10,5 has only the parts train, val"),
+    (["train", "features", "{a}", "--backbone", "clip", "--cache", "{o}", "--workers", "-1"], "--workers: expected a number >= 0"),
+    (["train", "features", "{a}", "--backbone", "clip", "--cache", "{o}", "--device", "tpu"], "--device: expected auto, cpu, cuda, cuda:N or mps"),
+])
+def test_train_usage_errors_exit_2_before_reading_anything(argv, message, tmp_path, capsys):
+    # none of these paths exist: were anything read first, the error would be about them (exit 1)
+    values = {"a": str(tmp_path / "a"), "b": str(tmp_path / "b"), "l": str(tmp_path / "l.jsonl"), "o": str(tmp_path / "o")}
+    argv = [part.format(**values) for part in argv]
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    err = capsys.readouterr().err
+    assert code == 2 and f"usage: creward train {argv[1]}" in err and message in err, err

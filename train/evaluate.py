@@ -377,11 +377,17 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .pairs import parse_split
+    from ..cli.arguments import UsageError, check_device
+    from .pairs import SPLIT_PARTS, check_label_files, split_argument
 
+    check_label_files(args.pairs_dirs, args.labels)
+    split = split_argument(args.split)
+    if split is not None and args.part not in SPLIT_PARTS[: len(split)]:
+        raise UsageError(f"--part {args.part}: --split {args.split} has only the parts {', '.join(SPLIT_PARTS[: len(split)])}")
+    check_device(args.device)
     evaluation, backbone = evaluate_head(
         args.head, args.pairs_dirs, args.labels, backbone=args.backbone, backbone_weights=args.backbone_weights,
-        cache_dir=args.cache, split=parse_split(args.split) if args.split else None, part=args.part,
+        cache_dir=args.cache, split=split, part=args.part,
         encoding=args.label_encoding, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
         workers=args.workers, progress=not args.no_progress,
     )

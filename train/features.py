@@ -36,13 +36,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-
+from ..cli.arguments import check_device, device_name, non_negative_int, positive_int
 from ..models.errors import CREwardError, ImageError, WeightsError
 from ..models.identity import weights_identity  # noqa: F401  (re-exported: the cache's weights identity)
-from .arguments import positive_int
+from ..models.output_files import atomic_output, write_text_atomically
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +68,9 @@ def file_sha256(path: str | os.PathLike) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     except FileNotFoundError:
-        raise ImageError(f"image file not found: {path}") from None
+        raise ImageError("image file not found", path) from None
     except OSError as error:
-        raise ImageError(f"cannot read image file {path}: {error.strerror or error}") from None
+        raise ImageError(f"cannot read the image file ({error.strerror or error})", path) from None
     return digest.hexdigest()
 
 
@@ -175,7 +177,7 @@ class FeatureCache:
             try:
                 stat = os.stat(path)
             except FileNotFoundError:
-                raise ImageError(f"image file not found: {path}") from None
+                raise ImageError("image file not found", path) from None
             known = self._hash_index.get(str(Path(path).resolve()))
             if known and known[0] == stat.st_size and known[1] == stat.st_mtime_ns:
                 results[number] = known[2]
@@ -197,9 +199,7 @@ class FeatureCache:
 
     def _save_hash_index(self) -> None:
         path = self.folder / HASH_INDEX_NAME
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        partial.write_text(json.dumps(self._hash_index), encoding="utf-8")
-        os.replace(partial, path)
+        write_text_atomically(path, json.dumps(self._hash_index))
 
     # -- reading and writing -----------------------------------------------------------------
     def lookup(self, keys: Sequence[str], paths: Sequence[Path] | None = None) -> torch.Tensor:
@@ -211,6 +211,8 @@ class FeatureCache:
                 f"{len(missing)} image(s) have no features in {self.folder} (e.g. {', '.join(names)}); "
                 f"run `creward train features` for them first"
             )
+        import torch
+
         if not keys:
             return torch.zeros(0, self.feature_dim or 0)
         return torch.stack([self._features[key] for key in keys])
@@ -242,9 +244,7 @@ class FeatureCache:
                 "dtype": dtype,
                 "key": "sha256 of the image file bytes",
             }
-            partial = self.manifest_path.with_name(f".{MANIFEST_NAME}.partial")
-            partial.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-            os.replace(partial, self.manifest_path)
+            write_text_atomically(self.manifest_path, json.dumps(manifest, indent=1))
         elif dtype != self.dtype:
             logger.warning("%s holds %s features; adding %s ones (values differ slightly between precisions)", self.folder, self.dtype, dtype)
         numbers = [int(SHARD_PATTERN.match(path.name).group(1)) for path in self._shards()]
@@ -257,9 +257,8 @@ class FeatureCache:
             "creward.cache_format": CACHE_FORMAT,
         }
         tensors = {key: value.detach().float().cpu().contiguous() for key, value in features.items()}
-        partial = shard.with_name(f".{shard.name}.partial")
-        save_file(tensors, str(partial), metadata=metadata)
-        os.replace(partial, shard)
+        with atomic_output(shard) as temporary:
+            save_file(tensors, str(temporary), metadata=metadata)
         self._features.update(tensors)
         self._save_hash_index()
         return shard
@@ -334,6 +333,7 @@ def cache_features(
     ``backbone_weights``) is only loaded when something is missing. Unreadable images do not
     stop the others: their features are stored, then an ``ImageError`` names every bad file.
     """
+    import torch
     from tqdm.auto import tqdm
 
     from ..models.backbones.registry import get_spec, load_backbone
@@ -392,7 +392,7 @@ def cache_features(
         try:
             for number, pixels, error in iter_preprocessed(todo_paths, spec.preprocessing, workers=workers, prefetch=max(2 * batch_size, 4)):
                 if pixels is None:
-                    failures.append(error or str(todo_paths[number]))
+                    failures.append(str(error))
                     bar.update(1)
                     continue
                 batch.append((todo[number][0], pixels))
@@ -422,9 +422,9 @@ def add_backbone_arguments(parser: argparse.ArgumentParser, backbone_required: b
         help="feature cache folder" + ("" if cache_required else f" (default: ${CACHE_DIR_ENV} or ~/.cache/creward, then /features/<backbone>-<weights id>)"),
     )
     group.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="images per backbone forward (default 8)")
-    group.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N, mps (default auto)")
+    group.add_argument("--device", type=device_name, default="auto", help="auto (a CUDA GPU if there is one, else Apple MPS, else the CPU), cpu, cuda, cuda:N or mps (default auto)")
     group.add_argument("--dtype", default="fp32", choices=["auto", "fp32", "fp16", "bf16"], help="backbone precision for features (default fp32)")
-    group.add_argument("--workers", type=int, default=2, metavar="N", help="image decoding threads (default 2)")
+    group.add_argument("--workers", type=non_negative_int, default=2, metavar="N", help="image decoding threads; 0 decodes in the main thread (default 2)")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -444,6 +444,7 @@ def register(subparsers) -> None:
 def _run(args: argparse.Namespace) -> int:
     from .pairs import find_pair_images
 
+    check_device(args.device)
     images = []
     for folder in args.pairs_dirs:
         for pair in find_pair_images(folder):

@@ -34,15 +34,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-from torch import nn
-from torch.nn import functional as F
-
+from ..cli.arguments import check_device, fraction_below_one, non_negative_float, non_negative_int, positive_float, positive_int
 from ..models.axes import AXES
 from ..models.errors import CREwardError
-from ..models.head import build_head, save_head
+
+if TYPE_CHECKING:  # torch is imported where it is used: `creward train fit --help` stays fast
+    import torch
+    from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -115,24 +115,30 @@ class PairFeatures:
 
     @classmethod
     def from_pair_set(cls, pair_set, cache) -> "PairFeatures":
+        import torch
+
         return cls(cache.features_for(pair_set.image_0), cache.features_for(pair_set.image_1), torch.from_numpy(pair_set.labels.copy()))
 
 
 def pairwise_losses(scores_0: torch.Tensor, scores_1: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-entry ``-log σ(y·(s0 - s1))`` ``[N, axes]`` and the decisive mask (``y != 0``)."""
+    from torch.nn import functional as F
+
     signs = labels.to(scores_0.dtype)
     return F.softplus(-(scores_0 - scores_1) * signs), labels != 0
 
 
-@torch.no_grad()
 def score_pairs(head: nn.Module, data: PairFeatures, batch_size: int = 1024, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Head scores of both images of every pair (eval mode), on the CPU."""
+    """Head scores of both images of every pair (eval mode, no gradients), on the CPU."""
+    import torch
+
     was_training = head.training
     head.eval()
     scores_0, scores_1 = [], []
-    for start in range(0, len(data), batch_size):
-        scores_0.append(head(data.features_0[start:start + batch_size].to(device)).float().cpu())
-        scores_1.append(head(data.features_1[start:start + batch_size].to(device)).float().cpu())
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            scores_0.append(head(data.features_0[start:start + batch_size].to(device)).float().cpu())
+            scores_1.append(head(data.features_1[start:start + batch_size].to(device)).float().cpu())
     head.train(was_training)
     if not scores_0:
         width = head[-1].out_features
@@ -194,7 +200,10 @@ def fit_head(
     validation pairs get ``None`` metrics (a warning says so); with no decisive validation entry
     at all, the last epoch is kept.
     """
+    import torch
     from tqdm.auto import tqdm
+
+    from ..models.head import build_head
 
     started = time.perf_counter()
     check_trainable(dict(zip(axes, train.decisive_counts())), "the training pairs", axes)
@@ -313,6 +322,7 @@ def fit_from_folders(
     epoch, validation loss and accuracy per axis, history), ``creward.optimizer`` and
     ``creward.features`` (cache, weights identity, precision).
     """
+    from ..models.head import save_head
     from .features import cache_features, open_cache
     from .pairs import load_pair_set, positional_split, random_split
 
@@ -395,14 +405,14 @@ def register(subparsers) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="HEAD.safetensors", help="head file to write")
     add_backbone_arguments(parser)
     group = parser.add_argument_group("training")
-    group.add_argument("--epochs", type=int, default=20, help="epochs (default 20)")
+    group.add_argument("--epochs", type=positive_int, default=20, help="epochs (default 20)")
     group.add_argument("--seed", type=int, default=0, help="seed of split, initialisation, shuffling and dropout (default 0)")
-    group.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
-    group.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
-    group.add_argument("--train-batch-size", type=int, default=64, metavar="N", help="pairs per optimiser step (default 64)")
-    group.add_argument("--patience", type=int, default=5, help="stop after N epochs without a lower validation loss; 0: never (default 5)")
+    group.add_argument("--lr", type=positive_float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    group.add_argument("--weight-decay", type=non_negative_float, default=1e-4, help="AdamW weight decay (default 1e-4)")
+    group.add_argument("--train-batch-size", type=positive_int, default=64, metavar="N", help="pairs per optimiser step (default 64)")
+    group.add_argument("--patience", type=non_negative_int, default=5, help="stop after N epochs without a lower validation loss; 0: never (default 5)")
     which = group.add_mutually_exclusive_group()
-    which.add_argument("--val-fraction", type=float, default=0.1, help="seeded random fraction of pairs held out for validation (default 0.1)")
+    which.add_argument("--val-fraction", type=fraction_below_one, default=0.1, help="seeded random fraction of pairs held out for validation, 0 to <1 (default 0.1)")
     which.add_argument("--split", metavar="SIZES", help="'crebench' (=800,100,100) or TRAIN,VAL[,TEST]: per folder in file order; the test part is left out")
     group.add_argument("--label-encoding", choices=ENCODINGS, default="auto", help="values of label arrays: index (0 first wins, 1 second, 2 tie), signed (+1/-1/0) or auto (default)")
     group.add_argument("--head-device", default="cpu", help="device for head training (default cpu; the head is small)")
@@ -410,19 +420,20 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .pairs import parse_split
+    from .pairs import check_label_files, split_argument
 
-    try:
-        config = FitConfig(
-            epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.train_batch_size,
-            patience=args.patience or None, seed=args.seed, device=args.head_device,
-        )
-    except ValueError as error:
-        raise FitError(str(error)) from None
+    check_label_files(args.pairs_dirs, args.labels)
+    split = split_argument(args.split)
+    check_device(args.device)
+    check_device(args.head_device, "--head-device")
+    config = FitConfig(
+        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.train_batch_size,
+        patience=args.patience or None, seed=args.seed, device=args.head_device,
+    )
     report = fit_from_folders(
         args.pairs_dirs, args.labels, args.backbone, args.output,
         backbone_weights=args.backbone_weights, cache_dir=args.cache, config=config,
-        val_fraction=args.val_fraction, split=parse_split(args.split) if args.split else None,
+        val_fraction=args.val_fraction, split=split,
         encoding=args.label_encoding, feature_batch_size=args.batch_size, feature_device=args.device,
         feature_dtype=args.dtype, workers=args.workers, progress=not args.no_progress,
     )

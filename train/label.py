@@ -57,9 +57,9 @@ from typing import Any
 
 from ..models.axes import AXES
 from ..models.errors import CREwardError
-from .arguments import positive_int
+from ..cli.arguments import UsageError, non_negative_float, non_negative_int, positive_float, positive_int
 from .label_prompt import build_messages, parse_answer
-from .lvlm_client import API_KEY_ENVS, ENDPOINT_ENV, MODEL_ENV, ChatClient, LVLMStopped, image_data_url, resolve_settings
+from .lvlm_client import API_KEY_ENVS, ENDPOINT_ENV, MODEL_ENV, ChatClient, LVLMError, LVLMStopped, image_data_url, resolve_settings
 from .pair_files import STATUSES, PairImages, find_pair_images, parse_label_lines, read_label_records
 
 logger = logging.getLogger(__name__)
@@ -407,23 +407,25 @@ def register(subparsers) -> None:
     add("--max-tokens-total", type=positive_int, metavar="N",
         help="stop starting pairs once the tokens the server reports reach N")
     add("--retry-malformed", action="store_true", help="ask again the pairs recorded as malformed (the new record wins)")
-    add("--timeout", type=float, default=120.0, metavar="S", help="per-request timeout in seconds (default 120)")
-    add("--retries", type=int, default=5, metavar="N",
-        help="retries of a request on 429/5xx/timeouts/connection errors (default 5)")
-    add("--backoff", type=float, default=1.0, metavar="S",
-        help="first retry delay in seconds, doubled each retry; Retry-After wins (default 1)")
-    add("--temperature", type=float, default=0.0, metavar="T", help="sampling temperature (default 0)")
-    add("--max-answer-tokens", type=int, default=512, metavar="N",
+    add("--timeout", type=positive_float, default=120.0, metavar="S", help="per-request timeout in seconds (default 120)")
+    add("--retries", type=non_negative_int, default=5, metavar="N",
+        help="retries of a request after 408/409/429/5xx answers, timeouts or dropped connections, with exponential "
+        "back-off from 0.5 s (the server's Retry-After wins) (default 5)")
+    add("--temperature", type=non_negative_float, default=0.0, metavar="T", help="sampling temperature (default 0)")
+    add("--max-answer-tokens", type=non_negative_int, default=512, metavar="N",
         help="max_tokens of each answer; 0 to not send it (default 512)")
     add("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    endpoint, model, api_key = resolve_settings(args.endpoint, args.model, args.api_key)
+    try:
+        endpoint, model, api_key = resolve_settings(args.endpoint, args.model, args.api_key)
+    except LVLMError as error:
+        raise UsageError(str(error)) from None
     client = ChatClient(
         endpoint, model, api_key,
-        timeout=args.timeout, retries=args.retries, backoff=args.backoff,
+        timeout=args.timeout, retries=args.retries,
         temperature=args.temperature, max_answer_tokens=args.max_answer_tokens,
     )
     summary = label_pairs(

@@ -434,6 +434,30 @@ def parse_split(text: str) -> tuple[int, ...]:
     return sizes
 
 
+# -- command-line checks (usage errors, before anything is read) --------------------------------
+def split_argument(text: str | None) -> tuple[int, ...] | None:
+    """``--split`` → sizes (None when not given); a ``UsageError`` for a bad value."""
+    from ..cli.arguments import UsageError
+
+    if text is None:
+        return None
+    try:
+        return parse_split(text)
+    except PairDataError as error:
+        raise UsageError(f"--split: {error}") from None
+
+
+def check_label_files(pairs_dirs: Sequence[str], label_files: Sequence[str]) -> None:
+    """``--labels`` must give one labels file per pairs folder; a ``UsageError`` otherwise."""
+    from ..cli.arguments import UsageError
+
+    if len(label_files) != len(pairs_dirs):
+        raise UsageError(
+            f"--labels: {len(pairs_dirs)} pairs folder(s) but {len(label_files)} labels file(s); give one labels file per "
+            f"folder, in the same order"
+        )
+
+
 def positional_split(pair_set: PairSet, sizes: Sequence[int]) -> dict[str, PairSet]:
     """Split each folder in file order: the first ``sizes[0]`` pairs train, the next ``sizes[1]``
     validate, the next ``sizes[2]`` test (CreBench: 800/100/100 of 1,000 per object).

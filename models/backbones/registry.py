@@ -10,17 +10,35 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import CREwardError
-from ..preprocess import Preprocessing
+
+if TYPE_CHECKING:  # the table itself needs no torch: the command line reads it while parsing
+    import torch
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a backbone wants its pixels: square size, interpolation, normalisation
+    (applied by ``creward.models.preprocess``)."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"  # or "bicubic"
+
+    def __post_init__(self):
+        if self.image_size <= 0:
+            raise ValueError(f"image_size should be positive, got {self.image_size}")
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"interpolation should be 'bilinear' or 'bicubic', got {self.interpolation!r}")
 
 
 @dataclass(frozen=True)
@@ -127,7 +145,7 @@ def get_spec(name: str) -> BackboneSpec:
         raise CREwardError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}") from None
 
 
-def load_backbone(name: str, weights: str | os.PathLike, dtype: torch.dtype | None = None):
+def load_backbone(name: str, weights: str | os.PathLike, dtype: "torch.dtype | None" = None):
     """Build backbone ``name`` from local ``weights`` (file or folder) on CPU, frozen, in ``dtype``
     (default float32). The module is built in ``dtype`` and the tensors are converted as they are
     copied in, so a bf16 checkpoint loaded for bf16 compute never has a float32 copy."""

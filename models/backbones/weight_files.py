@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -104,7 +105,28 @@ def safetensors_keys(path: str | os.PathLike) -> list[str]:
         raise WeightsError(f"{path} is not a readable safetensors file: {error}") from error
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def why_not_loadable(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in words (without torch's advice to
+    turn ``weights_only`` off or allow-list classes: CREward never loads pickled code)."""
+    text = str(error)
+    if "TorchScript" in text:
+        return "it is a TorchScript archive, not a checkpoint of tensors (files are read weights-only)"
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return (f"it holds Python objects ({found.group(1).rstrip('.')}), not only tensors; CREward reads weight files "
+                f"weights-only and never runs pickled code")
+    return "it is neither a safetensors file nor a PyTorch checkpoint of tensors"
+
+
+def load_pickle_weights_only(path: str | os.PathLike):
+    """``torch.load(path, weights_only=True)`` on the CPU; a ``ValueError`` saying why not otherwise."""
+    try:
+        return torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # weights_only refuses pickles carrying code or objects; other files fail to parse
+        raise ValueError(why_not_loadable(error)) from error
+
+
+def read_state_dict(path: str | os.PathLike, what: str = "backbone weights") -> dict[str, torch.Tensor]:
     """A single weight file: safetensors, or a pickle loaded weights-only (nothing else is trusted)."""
     path = Path(path)
     if not path.is_file():
@@ -112,12 +134,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return read_safetensors(path)
     try:
-        loaded = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # weights_only refuses pickles carrying code or objects
-        raise WeightsError(
-            f"{path} could not be read as a plain state dict (weights-only load; TorchScript archives and "
-            f"pickles carrying objects are refused): {error}"
-        ) from error
+        loaded = load_pickle_weights_only(path)
+    except ValueError as error:
+        raise WeightsError(f"{path} is not {what}: {error}") from error
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
             loaded = loaded[wrapper]
