@@ -44,7 +44,7 @@ def _rss_mb() -> float:
 def worker(options: argparse.Namespace) -> dict:
     from comfyui_setup import ensure_comfyui
 
-    from creward.train.lora.cli import setup_comfyui
+    from creward.diffusion.host import setup_comfyui
 
     setup_comfyui(ensure_comfyui(), cpu=options.device == "cpu")
     import torch

@@ -17,8 +17,8 @@ TRAIN_STEPS = (
     Command("features", f"{_TRAIN_PACKAGE}.features", "run the frozen backbone once per pair image and cache the features"),
     Command("fit", f"{_TRAIN_PACKAGE}.fit", "train the reward head on labelled pairs (Bradley-Terry, backbone frozen)"),
     Command("eval", f"{_TRAIN_PACKAGE}.evaluate", "pairwise accuracy of a head per axis on labelled pairs (+ human-set metrics, report)"),
-    Command("lora", f"{_TRAIN_PACKAGE}.lora.cli", "train a creative LoRA: reward-guided fine-tuning of a ComfyUI checkpoint with CREward"),
-    Command("acquire", f"{_TRAIN_PACKAGE}.acquire", "generate N samples per prompt with a ComfyUI checkpoint, keep the most creative per axis"),
+    Command("lora", f"{__package__}.train_lora", "train a creative LoRA: reward-guided fine-tuning of a ComfyUI checkpoint with CREward"),
+    Command("acquire", f"{__package__}.train_acquire", "generate N samples per prompt with a ComfyUI checkpoint, keep the most creative per axis"),
 )
 
 

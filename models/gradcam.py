@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .autograd import make_autograd_ready
 from .axes import axis_weights
 from .backbones.base import GradCamLayer
 from .errors import CREwardError, ImageError
@@ -79,32 +80,6 @@ def target_weights(targets: Sequence[AxisSpec], axes: Sequence[str]) -> torch.Te
             raise CREwardError(f"axis weights {weights.tolist()} must be finite and not all zero")
         rows.append(weights.float())
     return torch.stack(rows)
-
-
-def _make_autograd_ready(module: nn.Module) -> None:
-    """Replace parameters and buffers created in inference mode by normal copies (in place, once).
-
-    A model loaded inside ComfyUI (whose executor runs under ``torch.inference_mode()``) holds
-    inference tensors, which autograd refuses to save for backward. Shared (tied) tensors stay shared.
-    """
-    replaced: dict[int, torch.Tensor] = {}
-    count = 0
-    with torch.inference_mode(False):
-        for submodule in module.modules():
-            for name, parameter in list(submodule._parameters.items()):
-                if parameter is not None and parameter.is_inference():
-                    if id(parameter) not in replaced:
-                        replaced[id(parameter)] = nn.Parameter(parameter.clone(), requires_grad=parameter.requires_grad)
-                        count += 1
-                    submodule._parameters[name] = replaced[id(parameter)]
-            for name, buffer in list(submodule._buffers.items()):
-                if buffer is not None and buffer.is_inference():
-                    if id(buffer) not in replaced:
-                        replaced[id(buffer)] = buffer.clone()
-                        count += 1
-                    submodule._buffers[name] = replaced[id(buffer)]
-    if count:
-        logger.info("Grad-CAM: copied %d inference-mode tensors of the model so autograd can use them", count)
 
 
 # -- the maps ----------------------------------------------------------------------------------
@@ -285,7 +260,7 @@ def gradcam_multi(
     total = images.shape[0]
     heatmaps, scores = [], []
     with torch.inference_mode(False), torch.enable_grad():
-        _make_autograd_ready(model)
+        make_autograd_ready(model)
         weights = target_weights(targets, model.axes)  # built here: not an inference tensor
         for start in range(0, total, batch_size):
             # clone(): inference tensors (ComfyUI's IMAGE) cannot enter autograd.

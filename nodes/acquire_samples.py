@@ -1,6 +1,6 @@
 """``CREwardAcquireSamples``: generate N samples per prompt, keep the most creative per axis.
 
-A thin adapter over ``creward.train.acquire.acquire_samples``: writes a browsable folder
+A thin adapter over ``creward.diffusion.acquire.acquire_samples``: writes a browsable folder
 (``index.html``, contact sheet, manifest, latents) under ``output/<folder>/run_NNNNN/`` and
 returns the contact sheet and the kept images. The folder is also a training pool for
 ``creward train lora --pool``.
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..models.errors import CREwardError
-from ..train.lora.prompts import parse_prompts
+from ..diffusion.prompts import parse_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ class CREwardAcquireSamples:
         import comfy.utils
         import folder_paths
 
-        from ..train.acquire import CONTACT_SHEET, AcquireSettings, acquire_samples
-        from ..train.lora.prompts import encode_prompts
+        from ..diffusion.acquire import CONTACT_SHEET, AcquireSettings, acquire_samples
+        from ..diffusion.prompts import encode_prompts
 
         texts = parse_prompts(prompts)
         if not texts:

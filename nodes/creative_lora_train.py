@@ -17,7 +17,7 @@ import torch
 from ..models.axes import AXES
 from ..models.errors import CREwardError
 from ..train.lora.config import MIXED_PRECISION, SAVE_DTYPES, TARGETS, CreativeLoraConfig
-from ..train.lora.prompts import parse_prompts
+from ..diffusion.prompts import parse_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class CREwardTrainCreativeLoRA:
         import comfy.utils
         import folder_paths
 
-        from ..train.lora.prompts import encode_prompts
+        from ..diffusion.prompts import encode_prompts
         from ..train.lora.trainer import train_creative_lora
 
         texts = parse_prompts(prompts)

@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 
 from creward.models.errors import CREwardError, WeightsError
-from creward.train.contact_sheet import Row, Tile, contact_sheet
+from creward.diffusion.contact_sheet import Row, Tile, contact_sheet
 from creward.train.lora.config import CreativeLoraConfig, LoraConfigError, normalize_axis_weights
 from creward.train.lora.curve import reward_curve
 from creward.train.lora.export import (
     adapters_from_state_dict, atomic_save, build_metadata, lora_state_dict, read_lora_info,
 )
-from creward.train.lora.prompts import parse_prompts, read_prompts, slug, zero_conditioning
+from creward.diffusion.prompts import parse_prompts, read_prompts, slug, zero_conditioning
 
 pytestmark = pytest.mark.unit
 

@@ -58,7 +58,7 @@ def train_inputs(env, **overrides):
 
 
 def predict(model, clip):
-    from creward.train.lora.session import run_in_session
+    from creward.diffusion.clean_estimate import run_in_session
 
     cond = clip.encode_from_tokens_scheduled("a chair")
     x_t = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(2))
@@ -152,7 +152,7 @@ def test_sliders_warn_about_another_base_model(env, trained, tmp_path):
 
 
 def test_acquire_node_keeps_the_top_and_bottom_samples(env):
-    from creward.train.acquire import read_acquired_pool
+    from creward.diffusion.acquire import read_acquired_pool
 
     sheet, top, folder = call(
         env, "CREwardAcquireSamples", "acquire", model=env.model, clip=env.clip, vae=env.vae, creward=env.creward,
@@ -184,7 +184,7 @@ def test_acquire_node_keeps_the_top_and_bottom_samples(env):
     rescored = env.creward.score_images(pixels, 1)[0]
     assert rescored.tolist() == pytest.approx([first["scores"][a] for a in manifest["axes"]], abs=2e-2)
     # A sample is remade by a KSampler with its seed (one image, same settings).
-    from creward.train.lora.prompts import zero_conditioning
+    from creward.diffusion.prompts import zero_conditioning
 
     cond = env.clip.encode_from_tokens_scheduled("a chair")
     with torch.inference_mode():

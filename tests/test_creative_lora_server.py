@@ -129,7 +129,7 @@ def test_cli_trained_lora_loads_in_the_servers_loraloader_with_no_unloaded_keys(
 
 def test_cli_acquire_writes_a_browsable_folder(env, tmp_path):
     from creward.cli.main import main
-    from creward.train.acquire import read_acquired_pool
+    from creward.diffusion.acquire import read_acquired_pool
 
     out = tmp_path / "acquired"
     args = ["train", "acquire", "--comfyui", str(env.comfyui), "--checkpoint", str(env.checkpoint),
@@ -144,7 +144,7 @@ def test_cli_acquire_writes_a_browsable_folder(env, tmp_path):
     latents, prompts, _ = read_acquired_pool(out, "overall")
     assert prompts == ["a chair"] and latents.shape == (1, 4, 8, 8)
     with torch.inference_mode(False):
-        assert main(args) == 1  # not empty: refuses without --overwrite
+        assert main(args) == 2  # not empty: a usage error, said before loading anything
 
 
 def test_example_workflows_train_then_apply_in_the_server(env):

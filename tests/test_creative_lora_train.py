@@ -64,7 +64,7 @@ def train(tiny, run_dir, kind="v", **kwargs):
 @pytest.mark.parametrize("kind", ["eps", "v", "flow"])
 def test_one_step_estimate_uses_comfyuis_model_sampling(tiny, kind):
     """x_t = noise_scaling(sigma, eps, x0); x0_hat = calculate_denoised(sigma, model(calculate_input(x_t)), x_t)."""
-    from creward.train.lora.session import run_in_session
+    from creward.diffusion.clean_estimate import run_in_session
 
     model = tiny.models[kind]
     sampling = model.get_model_object("model_sampling")
@@ -175,7 +175,7 @@ def test_given_latents_are_the_pool(tiny, tmp_path):
 
 def test_exported_lora_loads_in_loraloader_without_unloaded_keys(tiny, comfy_inprocess, comfy_base_dir, tmp_path, caplog):
     """What was trained is what ComfyUI's LoraLoader applies; strength 0 is the base model exactly."""
-    from creward.train.lora.session import run_in_session
+    from creward.diffusion.clean_estimate import run_in_session
     from creward.train.lora.trainer import CreativeLoraTrainer
 
     base = tiny.models["v"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -31,6 +30,7 @@ from typing import Mapping
 import torch
 
 from ...models.errors import WeightsError
+from ...models.output_files import atomic_output
 
 FORMAT = "creward-creative-lora"
 FORMAT_VERSION = "1"
@@ -81,34 +81,12 @@ def adapters_from_state_dict(tensors: Mapping[str, torch.Tensor], source: str = 
 
 
 def atomic_save(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
-    """Write a safetensors file through a temporary file in the same folder, then rename."""
+    """Write a safetensors file atomically (``models.output_files.atomic_output``), readable like other outputs."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(dict(tensors), temporary, metadata={key: str(value) for key, value in (metadata or {}).items()})
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_output(path) as temporary:
+        save_file(dict(tensors), str(temporary), metadata={key: str(value) for key, value in (metadata or {}).items()})
+    return Path(path)
 
 
 @dataclass

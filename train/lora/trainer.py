@@ -42,16 +42,18 @@ import comfy.model_management
 import torch
 from tqdm.auto import tqdm
 
+from ...diffusion.clean_estimate import run_in_session
+from ...diffusion.decoders import decode_differentiable
+from ...diffusion.sampling import decode, sample_latents
+from ...models.autograd import frozen, make_autograd_ready
 from ...models.errors import CREwardError
+from ...models.output_files import write_text_atomically
 from . import base_model
 from .config import CreativeLoraConfig, LoraConfigError
 from .curve import reward_curve
-from .export import DTYPES, adapters_from_state_dict, atomic_save, atomic_write_text, build_metadata, lora_state_dict
-from .generate import decode, sample_latents
+from .export import DTYPES, adapters_from_state_dict, atomic_save, build_metadata, lora_state_dict
 from .injection import LoraSet
-from .session import (
-    autocast, decode_differentiable, frozen, gradient_checkpointing, make_autograd_ready, precision, run_in_session,
-)
+from .precision import autocast, gradient_checkpointing, precision
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +234,7 @@ class CreativeLoraTrainer:
             raise LoraConfigError(f"{self.run_dir} has checkpoints but no {RUN_FILE}; use an empty folder")
         if not resume and (self.run_dir / CHECKPOINT_DIR).exists():
             shutil.rmtree(self.run_dir / CHECKPOINT_DIR)
-        atomic_write_text(run_file, json.dumps(self._describe_run(), indent=2) + "\n")
+        write_text_atomically(run_file, json.dumps(self._describe_run(), indent=2) + "\n")
         self.pool = self._load_or_build_pool(resume)
         if latest is not None:
             self._load_checkpoint(latest)
@@ -343,7 +345,7 @@ class CreativeLoraTrainer:
         atomic_save(tensors, partial / "lora.safetensors", self.metadata())
         torch.save({"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None},
                    partial / "optimizer.pt")
-        atomic_write_text(partial / "state.json", json.dumps(
+        write_text_atomically(partial / "state.json", json.dumps(
             {"step": step, "history": self.state.history, "evals": self.state.evals}) + "\n")
         if final.exists():
             shutil.rmtree(final)

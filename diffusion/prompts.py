@@ -12,7 +12,7 @@ from typing import Iterable
 
 import torch
 
-from ...models.errors import CREwardError
+from ..models.errors import CREwardError
 
 
 def parse_prompts(text: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""``creward train acquire``: generate, score and keep the most (and least) creative samples.
+"""Acquisition: generate, score and keep the most (and least) creative samples (``creward train acquire``).
 
 For each prompt, ``samples_per_prompt`` images are generated with a ComfyUI checkpoint (one seed
 per sample, so any of them can be remade with a ``KSampler`` on that seed), decoded, scored by
@@ -19,7 +19,6 @@ The generation needs ComfyUI (``--comfyui PATH``); reading a folder back does no
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import logging
@@ -35,7 +34,7 @@ import torch
 
 from ..models.errors import CREwardError
 from .contact_sheet import Row, Tile, contact_sheet
-from .lora.prompts import slug
+from .prompts import slug
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +132,8 @@ def acquire_samples(
     on_progress: Callable[[int, int], None] | None = None,
     checkpoint_name: str = "",
     head_name: str = "",
+    make_latents: Callable[[list, list | None, list[int]], torch.Tensor] | None = None,
+    generation: dict | None = None,
 ) -> AcquireResult:
     """Generate, score and select; write the browsable folder ``out_dir``.
 
@@ -146,14 +147,18 @@ def acquire_samples(
         settings: ``AcquireSettings``.
         negative: CONDITIONING for CFG (default: zeroed prompt conditioning).
         on_progress: ``(samples done, total)`` after each batch.
+        make_latents: ``(conditioning, negative, seeds) -> VAE latents [len(seeds), ...]``, one sample
+            per seed; default plain sampling (``sample_latents_seeded``). Steered generation
+            (``creward train acquire --steer``) passes its own.
+        generation: how the samples were made (steering settings), recorded in the manifest.
 
     Returns:
         ``AcquireResult`` with the manifest, the contact sheet and the top images.
     """
     from safetensors.torch import save_file
 
-    from .lora.export import atomic_write_text
-    from .lora.generate import decode, sample_latents_seeded
+    from ..models.output_files import write_text_atomically
+    from .sampling import decode, sample_latents_seeded
 
     if len(positive) != len(prompts):
         raise CREwardError(f"{len(prompts)} prompts but {len(positive)} conditionings")
@@ -169,10 +174,13 @@ def acquire_samples(
         folder = out / "samples" / f"p{p:03d}_{slug(prompt, 32)}"
         for start in range(0, settings.samples_per_prompt, settings.batch_size):
             seeds = [settings.seed_of(p, j) for j in range(start, min(start + settings.batch_size, settings.samples_per_prompt))]
-            latents = sample_latents_seeded(
-                model, vae, cond, negative, seeds, settings.width, settings.height, settings.steps, settings.cfg,
-                settings.sampler_name, settings.scheduler,
-            )
+            if make_latents is not None:
+                latents = make_latents(cond, negative, seeds)
+            else:
+                latents = sample_latents_seeded(
+                    model, vae, cond, negative, seeds, settings.width, settings.height, settings.steps, settings.cfg,
+                    settings.sampler_name, settings.scheduler,
+                )
             images = decode(vae, latents)
             scores = score_images(images).float().cpu()
             for i, seed in enumerate(seeds):
@@ -237,12 +245,13 @@ def acquire_samples(
         "axes": list(axes),
         "prompts": list(prompts),
         "settings": settings.__dict__,
+        "generation": generation or {"steer": "none"},
         "samples": samples,
         "selections": selections,
         "seconds": round(time.monotonic() - started, 2),
     }
-    atomic_write_text(out / INDEX, _index_html(manifest))
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    write_text_atomically(out / INDEX, _index_html(manifest))
+    write_text_atomically(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     top_images = (torch.stack([torch.from_numpy(np.asarray(picture(i), dtype=np.float32) / 255.0) for i in top_ids])
                   if top_ids else torch.zeros(0, settings.height, settings.width, 3))
     logger.info("acquire: %d samples scored, selections in %s (%.1f s)", len(samples), out, manifest["seconds"])
@@ -299,60 +308,3 @@ def read_acquired_pool(folder: str | os.PathLike, axis: str, which: str = "top")
     tensors = load_file(str(folder / LATENTS))
     index = torch.tensor(ids)
     return tensors["latents"][index], list(manifest["prompts"]), tensors["prompt_index"][index]
-
-
-# -- CLI ---------------------------------------------------------------------------------------
-def register(subparsers) -> None:
-    from .lora.cli import add_comfyui_arguments, add_creward_arguments, add_sampling_arguments
-
-    parser = subparsers.add_parser(
-        "acquire",
-        help="generate N samples per prompt with a ComfyUI checkpoint, keep the most creative per axis",
-        description="Generate samples with a ComfyUI checkpoint, score them with CREward and keep the top-k "
-        "(and bottom-k) per prompt and axis in a browsable folder (index.html, contact sheet, manifest, "
-        "latents). Needs a ComfyUI folder (--comfyui).",
-    )
-    add = parser.add_argument
-    add_comfyui_arguments(parser)
-    add_creward_arguments(parser)
-    add("-o", "--output", required=True, metavar="DIR", help="folder to write (must be empty or new unless --overwrite)")
-    add("--overwrite", action="store_true", help="write into a folder that already holds files")
-    add("-n", "--samples-per-prompt", type=int, default=16, metavar="N", help="samples generated per prompt (default 16)")
-    add("--top-k", type=int, default=4, metavar="K", help="kept per prompt and axis, most creative (default 4)")
-    add("--bottom-k", type=int, default=0, metavar="K", help="also kept, least creative (default 0)")
-    add("--batch-size", type=int, default=4, metavar="B", help="samples per sampler call (default 4)")
-    add_sampling_arguments(parser, steps=20)
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from .lora.cli import load_base, load_creward, prompts_from_args, setup_comfyui
-
-    out = Path(args.output)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise CREwardError(f"{out} is not empty; choose a new folder or pass --overwrite")
-    setup_comfyui(args.comfyui, args.cpu)
-    prompts = prompts_from_args(args)
-    settings = AcquireSettings(
-        samples_per_prompt=args.samples_per_prompt, top_k=args.top_k, bottom_k=args.bottom_k, seed=args.seed,
-        steps=args.steps, cfg=args.cfg, sampler_name=args.sampler, scheduler=args.scheduler,
-        width=args.width, height=args.height, batch_size=args.batch_size,
-    )
-    base = load_base(args)
-    creward = load_creward(args)
-    from tqdm.auto import tqdm
-
-    from .lora.prompts import encode_prompts
-
-    positive = encode_prompts(base.clip, prompts)
-    negative = encode_prompts(base.clip, [args.negative])[0] if args.negative is not None else None
-    with tqdm(total=len(prompts) * settings.samples_per_prompt, desc="acquire", disable=args.no_progress) as bar:
-        result = acquire_samples(
-            base.model, base.vae, positive, prompts,
-            lambda images: creward.score(images, batch_size=args.batch_size, channels_last=True),
-            creward.axes, out, settings, negative=negative,
-            on_progress=lambda done, total: bar.update(done - bar.n),
-            checkpoint_name=base.name, head_name=str(args.head or ""),
-        )
-    print(f"{len(result.manifest['samples'])} samples; open {result.folder / INDEX} (contact sheet {result.folder / CONTACT_SHEET})")
-    return 0

@@ -11,7 +11,7 @@ import torch
 import comfy.sample
 import comfy.samplers
 
-from ...models.errors import CREwardError
+from ..models.errors import CREwardError
 from .prompts import zero_conditioning
 
 

@@ -1,4 +1,4 @@
-"""``creward train lora``: train a creative LoRA on a ComfyUI checkpoint (and shared CLI helpers).
+"""``creward train lora``: train a creative LoRA on a ComfyUI checkpoint.
 
 Example::
 
@@ -11,144 +11,27 @@ architectures ComfyUI detects); the LoRA is written to ``<comfyui>/models/loras/
 ``--output`` says otherwise, and the run (checkpoints, pool, reward curve) to
 ``<comfyui>/output/creward_lora_runs/<name>/``; running the same command again resumes it.
 
-This module imports without ComfyUI (argument parsing); ComfyUI is imported after
-``setup_comfyui`` put its folder on ``sys.path``.
+This module imports without torch or ComfyUI (argument parsing); ComfyUI is imported after
+``diffusion.host.setup_comfyui`` put its folder on ``sys.path``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from ...models.errors import CREwardError
+from ..models.errors import CREwardError
+from .arguments import UsageError
+from .generation_args import (
+    add_comfyui_arguments, add_creward_arguments, add_sampling_arguments, load_base, load_creward, prompts_from_args,
+)
 
 logger = logging.getLogger(__name__)
 
 RUNS_FOLDER = "creward_lora_runs"
 
 
-# -- shared with `creward train acquire` --------------------------------------------------------
-def add_comfyui_arguments(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--comfyui", required=True, metavar="PATH", help="a ComfyUI folder (main.py and comfy/ at its root)")
-    add("--cpu", action="store_true", help="run ComfyUI on the CPU even when a GPU is present")
-    add("--checkpoint", required=True, metavar="CKPT",
-        help="checkpoint file, or a name in <comfyui>/models/checkpoints/")
-    add("--vae", metavar="FILE", help="use this VAE file instead of the checkpoint's")
-
-
-def add_creward_arguments(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--head", metavar="FILE", help="CREward head file (default: looked up, see `creward info`)")
-    add("--backbone", metavar="NAME", help="backbone name (default: from the head file)")
-    add("--backbone-weights", metavar="PATH", help="backbone weights (default: looked up)")
-    add("--creward-device", default="auto", metavar="DEV", help="device of CREward: auto (default), cpu, cuda, cuda:N")
-    add("--creward-dtype", default=None, metavar="DTYPE", help="CREward backbone dtype: fp32 (default), fp16, bf16, auto")
-
-
-def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int, steps_help: str = "sampler steps") -> None:
-    add = parser.add_argument
-    add("--prompt", action="append", default=[], metavar="TEXT", help="a prompt (repeat for several)")
-    add("--prompts", action="append", default=[], metavar="FILE", help="text file, one prompt per line (# comments)")
-    add("--negative", metavar="TEXT", help="negative prompt for CFG (default: zeroed conditioning)")
-    add("--seed", type=int, default=0, metavar="N", help="seed (default 0)")
-    add("--steps", type=int, default=steps, metavar="N", help=f"{steps_help} (default {steps})")
-    add("--cfg", type=float, default=7.0, metavar="S", help="CFG scale of the samples (default 7)")
-    add("--sampler", default="euler", metavar="NAME", help="ComfyUI sampler name (default euler)")
-    add("--scheduler", default="normal", metavar="NAME", help="ComfyUI scheduler name (default normal)")
-    add("--width", type=int, default=512, metavar="PX", help="image width (default 512)")
-    add("--height", type=int, default=512, metavar="PX", help="image height (default 512)")
-    add("--no-progress", action="store_true", help="no progress bar")
-
-
-def setup_comfyui(path: str | os.PathLike, cpu: bool = False) -> Path:
-    """Put the ComfyUI folder ``path`` first on ``sys.path`` and configure it before any ``comfy`` import.
-
-    ``--cpu`` mode is chosen when asked or when no CUDA GPU is present (ComfyUI's model management
-    calls CUDA otherwise).
-    """
-    import torch
-
-    root = Path(path).expanduser().resolve()
-    if not (root / "comfy" / "model_management.py").is_file() or not (root / "main.py").is_file():
-        raise CREwardError(f"--comfyui {path}: not a ComfyUI folder (expected main.py and comfy/ in it)")
-    if "comfy" in sys.modules:
-        loaded = Path(sys.modules["comfy"].__path__[0]).resolve().parent
-        if loaded != root:
-            raise CREwardError(f"ComfyUI from {loaded} is already imported; cannot switch to {root}")
-        return root
-    sys.path.insert(0, str(root))
-    from comfy.cli_args import args
-
-    args.cpu = bool(cpu or not torch.cuda.is_available())
-    return root
-
-
-@dataclass
-class Base:
-    model: object
-    clip: object
-    vae: object
-    name: str
-    path: Path
-
-
-def _checkpoint_path(checkpoint: str) -> Path:
-    path = Path(checkpoint).expanduser()
-    if path.is_file():
-        return path
-    import folder_paths
-
-    found = folder_paths.get_full_path("checkpoints", checkpoint)
-    if found is None:
-        available = folder_paths.get_filename_list("checkpoints")
-        raise CREwardError(
-            f"--checkpoint {checkpoint}: no such file, nor a checkpoint in {', '.join(folder_paths.get_folder_paths('checkpoints'))} "
-            f"(available: {', '.join(available[:20]) or 'none'})"
-        )
-    return Path(found)
-
-
-def load_base(args: argparse.Namespace) -> Base:
-    """The checkpoint's MODEL, CLIP and VAE through ComfyUI's loader (plus ``--vae`` if given)."""
-    import comfy.sd
-    import comfy.utils
-    import folder_paths
-
-    path = _checkpoint_path(args.checkpoint)
-    logger.info("loading %s with ComfyUI", path)
-    try:
-        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
-            str(path), output_vae=True, output_clip=True,
-            embedding_directory=folder_paths.get_folder_paths("embeddings"),
-        )
-    except RuntimeError as error:
-        raise CREwardError(f"ComfyUI could not load {path}: {error}") from error
-    if getattr(args, "vae", None):
-        vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(args.vae, safe_load=True))
-    if vae is None:
-        raise CREwardError(f"{path} holds no VAE; give one with --vae FILE")
-    return Base(model, clip, vae, path.name, path)
-
-
-def load_creward(args: argparse.Namespace):
-    from ...models.loader import load
-
-    return load(head=args.head, backbone=args.backbone, backbone_weights=args.backbone_weights,
-                device=args.creward_device, dtype=args.creward_dtype)
-
-
-def prompts_from_args(args: argparse.Namespace) -> list[str]:
-    from .prompts import read_prompts
-
-    return read_prompts(args.prompt, args.prompts)
-
-
-# -- creward train lora ----------------------------------------------------------------------
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "lora",
@@ -198,7 +81,7 @@ def register(subparsers) -> None:
 
 
 def _config(args: argparse.Namespace, width: int, height: int):
-    from .config import CreativeLoraConfig
+    from ..train.lora.config import CreativeLoraConfig
 
     return CreativeLoraConfig(
         axis_weights=args.axis, denoise_weight=args.denoise_weight, rank=args.rank,
@@ -214,25 +97,31 @@ def _config(args: argparse.Namespace, width: int, height: int):
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..diffusion.host import setup_comfyui
+
+    try:  # every setting is checked before anything is loaded (the pool's image size is checked again below)
+        _config(args, args.width, args.height)
+    except CREwardError as error:
+        raise UsageError(str(error)) from None
     root = setup_comfyui(args.comfyui, args.cpu)
     latents = prompt_index = None
     if args.pool:
-        from ..acquire import read_acquired_pool
-        from .config import normalize_axis_weights
+        from ..diffusion.acquire import read_acquired_pool
+        from ..train.lora.config import normalize_axis_weights
 
         axis = args.pool_axis
         if axis is None:
             weights = normalize_axis_weights(args.axis)
             used = [name for name, value in weights.items() if value != 0]
             if len(used) != 1:
-                raise CREwardError("--pool with a mix of axes: say which selections to use with --pool-axis")
+                raise UsageError("--pool with a mix of axes: say which selections to use with --pool-axis")
             axis = used[0]
         latents, prompts, prompt_index = read_acquired_pool(args.pool, axis, args.pool_which)
         logger.info("training from %d %s-%s latents of %s", len(latents), args.pool_which, axis, args.pool)
     else:
         prompts = prompts_from_args(args)
-    from .prompts import encode_prompts, slug
-    from .trainer import train_creative_lora
+    from ..diffusion.prompts import encode_prompts, slug
+    from ..train.lora.trainer import train_creative_lora
 
     base = load_base(args)
     creward = load_creward(args)
