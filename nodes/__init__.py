@@ -7,12 +7,14 @@ from .acquire_samples import CREwardAcquireSamples
 from .creative_lora_apply import CREwardCreativeLoRA
 from .creative_lora_train import CREwardTrainCreativeLoRA
 from .explain import CREwardExplain
+from .guidance import CREwardGuidance
 from .loader import CREwardLoader
 from .model_folders import register_model_folders
 from .plot import CREwardPlotScores
 from .reference import CREwardReferenceLoader
 from .score import CREwardScore, CREwardScoreLatent
 from .select import CREwardSelectBest
+from .steering import CREwardCreativeKSampler, CREwardSteeringSampler
 
 register_model_folders()
 
@@ -27,6 +29,9 @@ NODE_CLASS_MAPPINGS = {
     "CREwardTrainCreativeLoRA": CREwardTrainCreativeLoRA,
     "CREwardCreativeLoRA": CREwardCreativeLoRA,
     "CREwardAcquireSamples": CREwardAcquireSamples,
+    "CREwardCreativeKSampler": CREwardCreativeKSampler,
+    "CREwardSteeringSampler": CREwardSteeringSampler,
+    "CREwardGuidance": CREwardGuidance,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "CREwardLoader": "CREward Loader",
@@ -39,4 +44,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "CREwardTrainCreativeLoRA": "CREward Train Creative LoRA",
     "CREwardCreativeLoRA": "CREward Creative LoRA (axis sliders)",
     "CREwardAcquireSamples": "CREward Acquire Creative Samples",
+    "CREwardCreativeKSampler": "CREward Creative KSampler (steered)",
+    "CREwardSteeringSampler": "CREward Steering Sampler (FK / pruning)",
+    "CREwardGuidance": "CREward Guidance (reward gradient)",
 }
