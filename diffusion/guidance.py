@@ -132,6 +132,14 @@ class RewardGuidance:
         index = int(torch.argmin((steps - sigma).abs()))
         return index in in_range and in_range.index(index) % s.every == 0
 
+    def _first_step(self, sigma: float, sample_sigmas) -> bool:
+        """Whether ``sigma`` is the first guided step of this sampling run (for one log line per run)."""
+        if sample_sigmas is None:
+            return self.steps_guided == 1
+        steps = sample_sigmas.flatten().float().cpu()[:-1].tolist()
+        guided = [value for value in steps if self.active(value, self._model_sampling, sample_sigmas)]
+        return bool(guided) and abs(guided[0] - sigma) <= 1e-6 * max(1.0, abs(sigma))
+
     def __call__(self, args: dict) -> torch.Tensor:
         denoised = args["denoised"]
         if self.settings.scale == 0:
@@ -142,6 +150,7 @@ class RewardGuidance:
         if not self.active(sigma, base.model_sampling, sample_sigmas):
             return denoised
         reward = self.reward_for(base)
+        self._model_sampling = base.model_sampling
         with torch.inference_mode(False), torch.enable_grad():
             x0 = denoised.detach().clone().float().requires_grad_(True)
             modules = [getattr(reward.decoder.module, "first_stage_model", reward.decoder.module)]
@@ -153,6 +162,9 @@ class RewardGuidance:
         gradient = gradient.detach()
         self.steps_guided += 1
         self.last_gradient_norm = float(gradient.flatten(1).norm(dim=1).mean())
+        if self._first_step(sigma, sample_sigmas):
+            logger.info("CREward guidance: %s, scale %g, %s weighting; first guided step at sigma %.4g, gradient norm %.3g",
+                        reward.spec.describe(), self.settings.scale, self.settings.weighting, sigma, self.last_gradient_norm)
         if self.settings.normalize:
             rms = gradient.flatten(1).pow(2).mean(dim=1).sqrt()
             gradient = gradient / (rms + 1e-12).view(-1, *([1] * (gradient.ndim - 1)))

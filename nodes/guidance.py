@@ -36,12 +36,12 @@ class CREwardGuidance:
                     "σ-dependent weight: noise fraction σ²/(σ²+1) (strong early, fading out), constant, or σ."}),
                 "max_grad_rms": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01, "tooltip":
                     "Gradient clipping: per-sample root-mean-square of the gradient at most this (0 = off)."}),
-                "normalize": ("BOOLEAN", {"default": True, "tooltip":
-                    "Rescale each sample's gradient to unit root-mean-square before clipping, so scale is the step size."}),
                 "preview_decoder": (list(DECODERS), {"default": "auto", "tooltip":
                     "Differentiable decoder: auto = TAESD from models/vae_approx when there is one, else the VAE input."}),
             },
             "optional": {
+                "normalize": ("BOOLEAN", {"default": True, "advanced": True, "tooltip":
+                    "Rescale each sample's gradient to unit root-mean-square before clipping, so scale is the step size."}),
                 "vae": ("VAE", {"tooltip": "The model's VAE, used when there is no TAESD (or preview_decoder is vae)."}),
                 "weights": ("STRING", {"default": "geometry=1,material=1,texture=1,overall=0", "tooltip":
                     "Axis weights for 'weighted sum', e.g. 'geometry=1,texture=0.5'."}),
