@@ -10,9 +10,17 @@ Engines: --engine local (default: this process, the batched scoring of `creward 
 --engine ray (Ray Data: decoding in CPU tasks, CREward loaded once per actor; install with
 pip install 'comfyui-creward[ray]').
 
+Calibration: --reference REF (built with `creward calibrate`) adds each image's percentile
+(0-100) and win probability (0-1) per axis, and the reference group used, as `creward score
+--reference` does (a folder-grouped reference: each image's folder; a tar member counts as
+<shard name>/<member>; a column-grouped one: that --columns column; or --group NAME for all).
+A rerun with another reference recalibrates the finished parts from their scores (no rescoring).
+
 Filtering: --keep-top-percent P and/or --min-score S on one axis (--axis) or a weighted sum
-(--weights), over the whole dataset or --per-group folder|shard|COLUMN, writing the kept rows
-to --keep-to DIR (kept.parquet, keys.txt; --copy-images, --write-shards).
+(--weights), and/or --min-percentile P / --min-win W against --reference (with --weights: the
+weighted mean of the axes' percentiles or win probabilities), over the whole dataset or
+--per-group folder|shard|COLUMN, writing the kept rows to --keep-to DIR (kept.parquet,
+keys.txt; --copy-images, --write-shards).
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .common import add_model_arguments
+from .arguments import percentile_value, unit_interval
+from .common import add_model_arguments, add_reference_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +87,7 @@ def register(subparsers) -> None:
     parser.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or ray")
     parser.add_argument("--workers", type=int, default=2, help="local engine: image decoding threads (default: 2)")
     add_model_arguments(parser)
+    add_reference_arguments(parser)
 
     ray = parser.add_argument_group("Ray (--engine ray)")
     ray.add_argument("--address", help="cluster to join: auto, ray://HOST:10001 (default: $RAY_ADDRESS, or start one here)")
@@ -89,6 +99,10 @@ def register(subparsers) -> None:
     keep = parser.add_argument_group("filtering (needs --keep-to)")
     keep.add_argument("--keep-top-percent", type=_percent, metavar="P", help="keep the best P%% of the scored images (of each group)")
     keep.add_argument("--min-score", type=float, metavar="S", help="keep only images whose ranking value is at least S")
+    keep.add_argument("--min-percentile", type=percentile_value, metavar="P",
+                      help="keep only images at or above percentile P (0-100) of --reference on --axis (or the --weights' weighted mean)")
+    keep.add_argument("--min-win", type=unit_interval, metavar="W",
+                      help="keep only images whose win probability (0-1) against --reference on --axis (or the weighted mean) is at least W")
     rank = keep.add_mutually_exclusive_group()
     rank.add_argument("--axis", choices=AXIS_CHOICES, help="rank by one axis (default: overall)")
     rank.add_argument("--weights", help="rank by a weighted sum: four numbers g,m,t,o, e.g. 1,0,0.5,1")
@@ -102,18 +116,25 @@ def register(subparsers) -> None:
 def keep_rule_factory(args):
     """The keep rule asked for on the command line, as a function of the head's axes (or None).
 
-    Each minimum is a ``Threshold`` over a ``RowValue``: further criteria (a calibrated
-    percentile, a win probability) add their own flag and value here.
+    Each minimum is a ``Threshold`` over a ``RowValue``: the score itself (``--min-score``), or
+    its calibrated percentile / win probability (``--min-percentile`` / ``--min-win``).
     """
-    if args.keep_top_percent is None and args.min_score is None:
+    if args.keep_top_percent is None and args.min_score is None and args.min_percentile is None and args.min_win is None:
         return None
 
     def build(axes):
-        from ..dataset.filtering import KeepRule, Threshold, WeightedScore
+        from ..dataset.filtering import CalibratedValue, KeepRule, Threshold, WeightedScore
 
-        ranking = WeightedScore.of(args.weights or args.axis or "overall", axes)
-        thresholds = (Threshold(ranking, args.min_score, "--min-score"),) if args.min_score is not None else ()
-        return KeepRule(ranking, args.keep_top_percent, thresholds, args.per_group)
+        by = args.weights or args.axis or "overall"
+        ranking = WeightedScore.of(by, axes)
+        thresholds = []
+        if args.min_score is not None:
+            thresholds.append(Threshold(ranking, args.min_score, "--min-score"))
+        if args.min_percentile is not None:
+            thresholds.append(Threshold(CalibratedValue.of("percentile", by, axes), args.min_percentile, "--min-percentile"))
+        if args.min_win is not None:
+            thresholds.append(Threshold(CalibratedValue.of("win", by, axes), args.min_win, "--min-win"))
+        return KeepRule(ranking, args.keep_top_percent, tuple(thresholds), args.per_group)
 
     return build
 
@@ -121,10 +142,25 @@ def keep_rule_factory(args):
 def run(args) -> int:
     parser = args.parser
     rule = keep_rule_factory(args)
+    calibrated = [flag for flag, value in (("--min-percentile", args.min_percentile), ("--min-win", args.min_win)) if value is not None]
+    if calibrated and not args.reference:
+        parser.error(f"{' / '.join(calibrated)} compare with a reference set: give --reference REF (built with `creward calibrate`)")
+    if args.group and not args.reference:
+        parser.error("--group names a group of the reference set: give --reference REF")
+    if calibrated and args.weights:
+        from ..models.axes import parse_weight_list
+
+        try:
+            weights = parse_weight_list(args.weights)
+        except ValueError as error:
+            parser.error(f"--weights: {error}")
+        if any(weight < 0 for weight in weights) or not sum(weights) > 0:
+            parser.error(f"{' / '.join(calibrated)} with --weights use the weighted mean of the axes' values: "
+                         f"give weights >= 0, not all 0 (got {args.weights})")
     if rule is not None and not args.keep_to:
-        parser.error("--keep-top-percent / --min-score need --keep-to DIR (where the kept rows go)")
+        parser.error("--keep-top-percent / --min-score / --min-percentile / --min-win need --keep-to DIR (where the kept rows go)")
     if args.keep_to and rule is None:
-        parser.error("--keep-to needs a rule: --keep-top-percent P and/or --min-score S")
+        parser.error("--keep-to needs a rule: --keep-top-percent P, --min-score S, --min-percentile P and/or --min-win W")
     if (args.copy_images or args.write_shards) and not args.keep_to:
         parser.error("--copy-images / --write-shards need a rule and --keep-to DIR")
     if args.engine == "local" and (args.address or args.actors != 1 or args.gpus_per_actor):
@@ -141,6 +177,7 @@ def run(args) -> int:
         device=args.device, dtype=args.dtype, batch_size=args.batch_size, workers=args.workers,
         ray=RayOptions(args.address, args.actors, args.gpus_per_actor, args.cpus_per_actor, args.decode_cpus),
         overwrite=args.overwrite, rule=rule, keep_to=args.keep_to, copy_images=args.copy_images, write_shards=args.write_shards,
+        reference=args.reference, group=args.group,
     )
     try:
         summary = run_job(job)

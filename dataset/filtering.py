@@ -1,10 +1,12 @@
 """Which rows of a scored dataset to keep: top percent and minimums, globally or per group.
 
 A criterion is a :class:`RowValue`: any callable giving one number per row from the rows'
-scores (``[N, len(axes)]``, NaN for unreadable images) and their groups. :class:`WeightedScore`
-(one axis, or a weighted sum as in ``creward select``) is the one built in; calibrated values
-(a percentile, a win probability against a reference set) plug in the same way, as the value of
-a :class:`Threshold` or as the ranking of a :class:`KeepRule`.
+scores (``[N, len(axes)]``, NaN for unreadable images) and their groups. A value that reads
+other columns of the output names them in a ``columns`` attribute and is given those columns
+(``[N, len(columns)]``) instead of the scores. Two are built in: :class:`WeightedScore` (one
+axis, or a weighted sum as in ``creward select``) and :class:`CalibratedValue` (an axis's
+percentile or win probability against a reference set, ``--reference``; or a weighted mean of
+them); either can be the value of a :class:`Threshold` or the ranking of a :class:`KeepRule`.
 
 Rules, applied within each group (the whole dataset when there is no grouping):
 
@@ -64,6 +66,63 @@ class WeightedScore:
             raise CREwardError(f"scores should be shaped [N, {len(self.weights)}] ({', '.join(self.axes)}), got {scores.shape}")
         with np.errstate(invalid="ignore"):
             return scores @ np.asarray(self.weights, dtype=np.float64)
+
+
+CALIBRATED_KINDS = {"percentile": "percentile", "win": "win probability"}
+
+
+@dataclass(frozen=True)
+class CalibratedValue:
+    """An axis's calibrated column (``<axis>_percentile`` or ``<axis>_win``, written with
+    ``--reference``), or the weighted *mean* over the axes with a non-zero weight (weights
+    divided by their sum, so the value stays on the 0-100 or 0-1 scale of a minimum).
+
+    Weights must be >= 0: a percentile counted negatively has no meaning as a minimum.
+    """
+
+    kind: str
+    weights: tuple[float, ...]
+    axes: tuple[str, ...] = AXES
+
+    def __post_init__(self):
+        if self.kind not in CALIBRATED_KINDS:
+            raise CREwardError(f"calibrated value should be one of {', '.join(CALIBRATED_KINDS)}, got {self.kind!r}")
+        if len(self.weights) != len(self.axes):
+            raise CREwardError(f"expected {len(self.axes)} axis weights ({', '.join(self.axes)}), got {len(self.weights)}")
+        if any(weight < 0 for weight in self.weights) or not sum(self.weights) > 0:
+            raise CREwardError(
+                f"weights for a {CALIBRATED_KINDS[self.kind]} minimum must be >= 0 and not all 0 (a weighted mean of the "
+                f"axes' {CALIBRATED_KINDS[self.kind]}s), got {', '.join(f'{w:g}' for w in self.weights)}"
+            )
+
+    @staticmethod
+    def of(kind: str, by: str | Sequence[float] = "overall", axes: Sequence[str] = AXES) -> "CalibratedValue":
+        """From an axis name or ``"g,m,t,o"`` weights, as :meth:`WeightedScore.of`."""
+        return CalibratedValue(kind, WeightedScore.of(by, axes).weights, tuple(axes))
+
+    @property
+    def _used(self) -> list[tuple[str, float]]:
+        return [(axis, weight) for axis, weight in zip(self.axes, self.weights) if weight != 0]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(f"{axis}_{self.kind}" for axis, _ in self._used)
+
+    @property
+    def name(self) -> str:
+        used = self._used
+        what = CALIBRATED_KINDS[self.kind]
+        if len(used) == 1:
+            return f"{used[0][0]} {what}"
+        return f"weighted mean of {what} ({', '.join(f'{weight:g}*{axis}' for axis, weight in used)})"
+
+    def __call__(self, values: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        weights = np.asarray([weight for _, weight in self._used], dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != len(weights):
+            raise CREwardError(f"calibrated values should be shaped [N, {len(weights)}] ({', '.join(self.columns)}), got {values.shape}")
+        with np.errstate(invalid="ignore"):
+            return values @ (weights / weights.sum())
 
 
 @dataclass(frozen=True)
@@ -130,18 +189,36 @@ class KeepRule:
         where = f" per {self.group_by}" if self.group_by else ""
         return " and ".join(text) + where
 
-    def apply(self, scores: np.ndarray, groups: Sequence | None = None) -> KeepDecision:
-        """Decide for every row of ``scores`` (``[N, len(axes)]``, NaN when unreadable)."""
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The output columns (besides the scores) that the ranking and the thresholds read."""
+        values = [self.ranking, *(threshold.value for threshold in self.thresholds)]
+        return tuple(dict.fromkeys(name for value in values for name in (getattr(value, "columns", None) or ())))
+
+    def apply(self, scores: np.ndarray, groups: Sequence | None = None, columns: dict[str, np.ndarray] | None = None) -> KeepDecision:
+        """Decide for every row of ``scores`` (``[N, len(axes)]``, NaN when unreadable);
+        ``columns`` holds the other columns the values read (:attr:`columns`), by name."""
         scores = np.asarray(scores, dtype=np.float64)
         count = scores.shape[0]
         labels = np.array(["" if group is None else str(group) for group in groups], dtype=object) if groups is not None else None
         if labels is not None and len(labels) != count:
             raise CREwardError(f"{len(labels)} group labels given for {count} rows")
-        values = np.asarray(self.ranking(scores, labels), dtype=np.float64)
+
+        def evaluate(value: RowValue) -> np.ndarray:
+            names = getattr(value, "columns", None)
+            if not names:
+                return np.asarray(value(scores, labels), dtype=np.float64)
+            missing = [name for name in names if columns is None or name not in columns]
+            if missing:
+                raise CREwardError(f"{value.name} needs the column(s) {', '.join(missing)}, which were not given")
+            data = np.stack([np.asarray(columns[name], dtype=np.float64) for name in names], axis=1) if count else np.zeros((0, len(names)))
+            return np.asarray(value(data, labels), dtype=np.float64)
+
+        values = evaluate(self.ranking)
         scored = np.isfinite(values)
         passes = np.ones(count, dtype=bool)
         for threshold in self.thresholds:
-            threshold_values = np.asarray(threshold.value(scores, labels), dtype=np.float64)
+            threshold_values = evaluate(threshold.value)
             with np.errstate(invalid="ignore"):
                 passes &= np.isfinite(threshold_values) & (threshold_values >= threshold.minimum)
         keep = np.zeros(count, dtype=bool)

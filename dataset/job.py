@@ -36,6 +36,10 @@ class DatasetJob:
 
     ``rule`` is a :class:`KeepRule`, or a function of the head's axes returning one (the axes are
     known once the head is read), or None for no filtering.
+
+    ``reference`` is a reference-set file (``creward calibrate``): the output gains calibrated
+    columns (``creward.dataset.calibrated``), and rules may use them (``CalibratedValue``);
+    ``group`` compares every row with that group of it.
     """
 
     inputs: Sequence[str]
@@ -58,6 +62,8 @@ class DatasetJob:
     copy_images: bool = False
     write_shards: bool = False
     progress: bool = True
+    reference: str | os.PathLike | None = None
+    group: str | None = None
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -65,13 +71,18 @@ class DatasetJob:
         if self.batch_size <= 0:
             raise CREwardError(f"--batch-size should be positive, got {self.batch_size}")
         self.columns = tuple(self.columns)
-        reserved = [name for name in self.columns if name in (*TEXT_COLUMNS, "error", "value", "rank", "group", "index")]
+        from ..models.axes import AXES
+        from .calibrated import calibrated_columns
+
+        reserved = [name for name in self.columns if name in (*TEXT_COLUMNS, *AXES, *calibrated_columns(AXES), "error", "value", "rank", "group", "index")]
         if reserved:
             raise CREwardError(f"--columns cannot carry a column named {reserved[0]!r}: the output has its own")
         if (self.rule is None) != (self.keep_to is None):
             raise CREwardError("filtering needs both a rule (--keep-top-percent / --min-score) and --keep-to DIR")
         if (self.copy_images or self.write_shards) and self.keep_to is None:
             raise CREwardError("--copy-images and --write-shards need a rule and --keep-to DIR")
+        if self.group and self.reference is None:
+            raise CREwardError("--group names a group of the reference: it needs --reference REF")
 
 
 @dataclass
@@ -151,9 +162,16 @@ def run_job(job: DatasetJob, scorer_class: type = CREwardScorer, on_part: Callab
 
         require_ray()
     head_path, spec, weights_path, identity = _identity(job)
+    rule = job.rule(tuple(identity["axes"])) if callable(job.rule) and not isinstance(job.rule, KeepRule) else job.rule
+    calibration = _calibration(job, head_path)
+    if rule is not None and calibration is None:
+        needs = [name for name in rule.columns if name.endswith(("_percentile", "_win"))]
+        if needs:
+            raise CREwardError(f"the rule ({rule.describe()}) reads calibrated columns ({', '.join(needs)}): it needs --reference REF")
     parts = expand_inputs(job.inputs, job.part_size, job.path_column, job.columns)
     logger.info("inputs: %s", describe_parts(parts))
-    folder = ScoresFolder(job.output, identity, overwrite=job.overwrite)
+    folder = ScoresFolder(job.output, identity, overwrite=job.overwrite, calibration=calibration)
+    folder.recalibrate()
     finished = folder.finished()
     todo = []
     for part in parts:
@@ -166,7 +184,6 @@ def run_job(job: DatasetJob, scorer_class: type = CREwardScorer, on_part: Callab
     skipped = len(parts) - len(todo)
     if skipped:
         logger.info("resuming: %d of %d part(s) already finished in %s", skipped, len(parts), folder.path)
-    rule = job.rule(tuple(identity["axes"])) if callable(job.rule) and not isinstance(job.rule, KeepRule) else job.rule
     load_kwargs = {"head": str(head_path), "backbone": spec.name, "backbone_weights": str(weights_path), "device": job.device, "dtype": job.dtype}
     start = time.perf_counter()
     images = errors = 0
@@ -192,6 +209,19 @@ def run_job(job: DatasetJob, scorer_class: type = CREwardScorer, on_part: Callab
     summary = JobSummary(Path(job.output), len(parts), skipped, images, errors, seconds, kept)
     logger.info("%s", summary.describe())
     return summary
+
+
+def _calibration(job: DatasetJob, head_path):
+    """The job's reference (``DatasetCalibration``), checked against the head before anything is
+    scored or written; None without ``--reference``."""
+    if job.reference is None:
+        return None
+    from .calibrated import DatasetCalibration
+
+    calibration = DatasetCalibration.load(job.reference, job.group, job.columns)
+    calibration.check_scorer(head_path, job.backbone)  # the error `creward score --reference` gives
+    logger.info("calibrating against %s", calibration.describe())
+    return calibration
 
 
 def _score_locally(job: DatasetJob, todo, folder: ScoresFolder, load_kwargs: dict, on_part) -> tuple[int, int]:

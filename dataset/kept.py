@@ -67,10 +67,20 @@ def decide(folder: ScoresFolder, part_ids: Sequence[str], rule: KeepRule):
             f"cannot group by {rule.group_by!r}: the scores have columns {', '.join(table.column_names)} "
             f"(carry a list's or the shards' .json column with --columns NAME)"
         )
+    missing = [name for name in rule.columns if name not in table.column_names]
+    if missing:
+        raise CREwardError(
+            f"cannot keep by {', '.join(missing)}: the scores have no such column (calibrated columns are written with --reference REF)"
+        )
     axes = folder.axes
-    scores = np.stack([table.column(axis).to_numpy(zero_copy_only=False).astype(np.float64) for axis in axes], axis=1) if len(table) else np.zeros((0, len(axes)))
+    scores = np.stack([_floats(table, axis) for axis in axes], axis=1) if len(table) else np.zeros((0, len(axes)))
     groups = table.column(rule.group_by).to_pylist() if rule.group_by else None
-    return table, rule.apply(scores, groups)
+    return table, rule.apply(scores, groups, {name: _floats(table, name) for name in rule.columns})
+
+
+def _floats(table, name: str) -> np.ndarray:
+    """A float column as float64, nulls as NaN."""
+    return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 def _copy_task(task: dict) -> int:
@@ -126,6 +136,9 @@ def _shard_task(task: dict) -> int:
 def _record(row: dict, axes: Sequence[str]) -> dict:
     record = {"key": row["key"], "source": row["path"] or f"{row['shard']}:{row['member']}", "value": row["value"], "rank": row["rank"]}
     record.update({axis: row[axis] for axis in axes})
+    from .calibrated import calibrated_columns
+
+    record.update({name: row[name] for name in calibrated_columns(axes) if name in row})
     if row.get("group") is not None:
         record["group"] = row["group"]
     return record

@@ -12,9 +12,11 @@ under a temporary ``.``-name and renamed into place, then its manifest line is a
 synced), so a killed job leaves only whole part files; on a rerun the parts in the manifest are
 skipped. Columns, one row per image::
 
-    key, path, shard, member, folder, part, <axes...> (float32, null when unreadable), error, <carried columns>
+    key, path, shard, member, folder, part, <axes...> (float32, null when unreadable),
+    [with --reference: <axis>_percentile..., <axis>_win..., reference_group], error, <carried columns>
 
-and the file metadata (``creward.*`` keys) name and hash the head and the backbone weights.
+and the file metadata (``creward.*`` keys) name and hash the head and the backbone weights (and,
+with a reference, the reference: ``creward.reference.*``, see ``creward.dataset.calibrated``).
 """
 
 from __future__ import annotations
@@ -55,23 +57,29 @@ def require_pyarrow(feature: str = "creward score-dataset"):
     return pyarrow
 
 
-def schema(axes: Sequence[str], columns: Sequence[str], metadata: dict[str, str] | None = None):
+def schema(axes: Sequence[str], columns: Sequence[str], metadata: dict[str, str] | None = None, calibrated: bool = False):
+    """The part files' schema; ``calibrated`` adds the columns of ``creward.dataset.calibrated``."""
+    from .calibrated import GROUP_COLUMN, calibrated_columns
+
     pa = require_pyarrow()
     fields = [pa.field(name, pa.string()) for name in TEXT_COLUMNS]
     fields += [pa.field(axis, pa.float32()) for axis in axes]
+    if calibrated:
+        fields += [pa.field(name, pa.string() if name == GROUP_COLUMN else pa.float32()) for name in calibrated_columns(axes)]
     fields.append(pa.field("error", pa.string()))
     fields += [pa.field(name, pa.string()) for name in columns]
     return pa.schema(fields, metadata={f"creward.{key}": str(value) for key, value in (metadata or {}).items()})
 
 
-def rows_to_table(rows: Sequence[dict], axes: Sequence[str], columns: Sequence[str], metadata: dict[str, str] | None = None):
+def rows_to_table(rows: Sequence[dict], axes: Sequence[str], columns: Sequence[str], metadata: dict[str, str] | None = None,
+                  calibrated: bool = False):
     """Output rows (dicts with the column names; missing scores as None) → a pyarrow Table."""
     pa = require_pyarrow()
-    target = schema(axes, columns, metadata)
+    target = schema(axes, columns, metadata, calibrated)
     data = {}
     for name in target.names:
         values = [row.get(name) for row in rows]
-        if name in axes:
+        if pa.types.is_floating(target.field(name).type):
             values = [None if value is None or value != value else float(value) for value in values]
         data[name] = values
     return pa.Table.from_pydict(data, schema=target)
@@ -112,14 +120,19 @@ class ScoresFolder:
         identity: what scored it (``IDENTITY_FIELDS`` plus names for people); a rerun with another
             identity is refused unless ``overwrite``.
         overwrite: delete the parts and manifest of an earlier job first.
+        calibration: a ``DatasetCalibration`` (``--reference``): every part written gets its
+            calibrated columns; finished parts calibrated otherwise are brought up to date by
+            :meth:`recalibrate`. Without one, a folder whose parts are calibrated is refused.
     """
 
-    def __init__(self, path: str | os.PathLike, identity: dict, overwrite: bool = False):
+    def __init__(self, path: str | os.PathLike, identity: dict, overwrite: bool = False, calibration=None):
         require_pyarrow()
         self.path = Path(path)
         self.identity = dict(identity)
         self.axes = tuple(identity["axes"])
         self.columns = tuple(identity.get("columns", ()))
+        self.calibration = calibration
+        self._job: dict = {}
         self._open(overwrite)
 
     # -- opening ---------------------------------------------------------------------------
@@ -163,8 +176,63 @@ class ScoresFolder:
                     f"{self.path} holds scores from another setup ({details}); pass --overwrite to rescore everything, "
                     f"or write to another folder"
                 )
+            recorded = earlier.get("reference")
+            if recorded is not None and self.calibration is None:
+                where = f" ({recorded.get('path')})" if recorded.get("path") else ""
+                raise DatasetOutputError(
+                    f"{self.path} holds percentiles against reference {recorded.get('name')!r}{where}: pass --reference again "
+                    f"(the same file, or another one to recalibrate the finished parts from their scores), or --overwrite to "
+                    f"rescore without a reference"
+                )
+            self._job = earlier
             return
-        _write_json_atomically(job_file, {"format": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **self.identity})
+        self._job = {"format": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **self.identity,
+                     "reference": self.calibration.record() if self.calibration is not None else None}
+        _write_json_atomically(job_file, self._job)
+
+    # -- calibration -----------------------------------------------------------------------
+    def _part_calibration(self, file: Path) -> dict | None:
+        """``{"sha256", "group"}`` of the reference a part file was calibrated against, or None."""
+        import pyarrow.parquet as pq
+
+        metadata = pq.read_schema(file).metadata or {}
+        digest = metadata.get(b"creward.reference.sha256")
+        if not digest:
+            return None
+        return {"sha256": digest.decode(), "group": metadata.get(b"creward.reference.group", b"").decode() or None}
+
+    def recalibrate(self) -> int:
+        """Bring the finished parts to this folder's calibration, from their stored scores (no
+        rescoring): each part calibrated against another reference (or none) is rewritten in
+        place, atomically. Returns how many were rewritten. Safe to interrupt: the job file says
+        a recalibration is under way until every part is done, so the next run finishes it.
+        """
+        import pyarrow.parquet as pq
+
+        if self.calibration is None:
+            return 0
+        recorded = self._job.get("reference")
+        current = self.calibration.key
+        if not self._job.get("recalibrating") and recorded is not None and {"sha256": recorded.get("sha256"), "group": recorded.get("group")} == current:
+            return 0
+        finished = self.finished()
+        self._job.update(reference=self.calibration.record(), recalibrating=True)
+        _write_json_atomically(self.path / JOB_FILE, self._job)
+        rewritten = 0
+        for record in finished.values():
+            file = self.path / record["file"]
+            if self._part_calibration(file) == current:
+                continue
+            rows = pq.read_table(file).to_pylist()
+            self._write_table(record["file"], rows)
+            rewritten += 1
+        if rewritten:
+            was = f"reference {recorded.get('name')!r}" if recorded else "no reference"
+            logger.info("recalibrated %d finished part(s) against %s (they had %s); no image was rescored",
+                        rewritten, self.calibration.describe(), was)
+        self._job["recalibrating"] = False
+        _write_json_atomically(self.path / JOB_FILE, self._job)
+        return rewritten
 
     # -- the manifest ----------------------------------------------------------------------
     def finished(self) -> dict[str, dict]:
@@ -182,6 +250,7 @@ class ScoresFolder:
         return {part: record for part, record in records.items() if (self.path / record["file"]).is_file()}
 
     def file_metadata(self) -> dict[str, str]:
+        calibration = self.calibration.file_metadata() if self.calibration is not None else {}
         return {
             "format": FORMAT_VERSION,
             "axes": json.dumps(list(self.axes)),
@@ -191,14 +260,25 @@ class ScoresFolder:
             "backbone.weights": self.identity.get("backbone_weights", ""),
             "backbone.weights_id": self.identity.get("backbone_weights_id", ""),
             "dtype": self.identity.get("dtype", ""),
+            **calibration,
         }
 
     def write_part(self, part_id: str, fingerprint: str, rows: Sequence[dict]) -> dict:
         """Write one part (rows in order) atomically, then record it in the manifest."""
+        name = part_file_name(part_id)
+        self._write_table(name, rows)
+        errors = sum(row.get("error") is not None for row in rows)
+        record = {"part": part_id, "file": name, "fingerprint": fingerprint, "rows": len(rows), "errors": errors}
+        _fsync_append(self.path / MANIFEST_FILE, json.dumps(record))
+        return record
+
+    def _write_table(self, name: str, rows: Sequence[dict]) -> None:
+        """Write ``rows`` (with their calibrated columns, if calibrating) as the part file ``name``, atomically."""
         import pyarrow.parquet as pq
 
-        table = rows_to_table(rows, self.axes, self.columns, self.file_metadata())
-        name = part_file_name(part_id)
+        if self.calibration is not None:
+            rows = self.calibration.add_columns(rows, self.axes)
+        table = rows_to_table(rows, self.axes, self.columns, self.file_metadata(), self.calibration is not None)
         handle, temporary = tempfile.mkstemp(dir=self.path, prefix=f".{name}.", suffix=".partial")
         os.close(handle)
         try:
@@ -208,10 +288,6 @@ class ScoresFolder:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-        errors = sum(row.get("error") is not None for row in rows)
-        record = {"part": part_id, "file": name, "fingerprint": fingerprint, "rows": len(rows), "errors": errors}
-        _fsync_append(self.path / MANIFEST_FILE, json.dumps(record))
-        return record
 
     def read(self, part_ids: Iterable[str], columns: Sequence[str] | None = None):
         """The rows of these finished parts as one pyarrow Table (in the order of ``part_ids``)."""
@@ -221,7 +297,8 @@ class ScoresFolder:
         finished = self.finished()
         tables = [pq.read_table(self.path / finished[part]["file"], columns=columns) for part in part_ids if part in finished]
         if not tables:
-            return schema(self.axes, self.columns).empty_table() if columns is None else schema(self.axes, self.columns).empty_table().select(list(columns))
+            empty = schema(self.axes, self.columns, calibrated=self.calibration is not None).empty_table()
+            return empty if columns is None else empty.select(list(columns))
         return pa.concat_tables(tables)
 
 

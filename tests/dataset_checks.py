@@ -50,13 +50,30 @@ def mixed_inputs(root: Path, bad: bool = True) -> dict:
     return result
 
 
-def expected_scores(paths: list[Path], weights: dict) -> dict[str, list[float]]:
-    """``creward score --json`` on these files, in a subprocess (its own stdout), by path."""
+def score_json(paths: list[Path], weights: dict, *extra: str) -> dict[str, dict]:
+    """``creward score --json`` items (``extra`` arguments added, e.g. ``--reference REF``) on these
+    files, in a subprocess (its own stdout), by path."""
     command = [sys.executable, "-m", "creward.cli", "score", *map(str, paths), "--json", "--device", "cpu",
-               "--head", str(weights["head"]), "--backbone-weights", str(weights["backbone"])]
+               "--head", str(weights["head"]), "--backbone-weights", str(weights["backbone"]), *extra]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
-    return {item["path"]: [item[axis] for axis in AXES] for item in json.loads(completed.stdout)}
+    return {item["path"]: item for item in json.loads(completed.stdout)}
+
+
+def expected_scores(paths: list[Path], weights: dict) -> dict[str, list[float]]:
+    """``creward score --json`` on these files, by path: the four scores."""
+    return {path: [item[axis] for axis in AXES] for path, item in score_json(paths, weights).items()}
+
+
+def good_rows(table, built: dict) -> list[tuple[dict, Path]]:
+    """``(output row, image file)`` for every good image of ``built`` (a tar member: its extracted file)."""
+    rows = table.to_pylist()
+    by_path = {row["path"]: row for row in rows if row["path"]}
+    by_member = {(Path(row["shard"]).name, row["member"]): row for row in rows if row["shard"] and row["member"]}
+    pairs = [(by_path[str(path.resolve())], path) for path in built["folder"] + built["listed"] if str(path.resolve()) in by_path]
+    for shard, files in built["extracted"].items():
+        pairs += [(by_member[(shard, file.name)], file) for file in files if (shard, file.name) in by_member]
+    return pairs
 
 
 def read_output(folder: Path):

@@ -38,7 +38,15 @@ TEMPLATE_NAMES = {
     "explain": "Explain a score with Grad-CAM",
     "creative_lora_sliders": "Creative LoRA sliders",
     "train_creative_lora": "Train a creative LoRA",
+    "creative_ksampler_pruned": "Creative KSampler with pruning",
+    "fk_steering_custom_sampler": "FK steering with SamplerCustomAdvanced",
+    "guidance_ksampler": "CREward guidance on a KSampler",
 }
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+# Node types that live only in the front end (graphToPrompt leaves them out).
+VIRTUAL_NODES = ("Note", "MarkdownNote")
+# Widgets the front end adds to a node and sends in the prompt, which no schema lists.
+FRONT_END_WIDGETS = {"PreviewAny": ("preview",)}
 EXAMPLE_IMAGES = ("example.png", "creward_a.png", "creward_b.png", "creward_c.png")
 
 
@@ -115,3 +123,64 @@ def node_id(graph: dict, class_type: str) -> str:
     ids = [key for key, node in graph.items() if node["class_type"] == class_type]
     assert len(ids) == 1, f"expected one {class_type} in the graph, found {ids}"
     return ids[0]
+
+
+def is_widget(spec) -> bool:
+    """Whether an ``/object_info`` input spec is shown as a widget (else it is a socket only)."""
+    return isinstance(spec[0], list) or spec[0] in WIDGET_TYPES
+
+
+def check_ui_workflow_against_schemas(client, name: str) -> None:
+    """Assert that ``workflows/<template>.json`` describes exactly the graph of its API twin.
+
+    Checked against the server's ``/object_info``: the same node ids and types (notes aside),
+    ``widgets_values`` in schema order with a "control after generate" value after seeds, each
+    linked slot's link pointing at the API twin's origin, and each output's type.
+    """
+    ui = ui_workflow(name)
+    api = api_workflow(name)
+    assert ui["version"] == 0.4
+    graph_nodes = [node for node in ui["nodes"] if node["type"] not in VIRTUAL_NODES]
+    assert {str(node["id"]): node["type"] for node in graph_nodes} == {key: node["class_type"] for key, node in api.items()}
+    links = {link[0]: link for link in ui["links"]}
+    for node in graph_nodes:
+        schema = client.object_info(node["type"])
+        inputs = {**schema["input"].get("required", {}), **schema["input"].get("optional", {})}
+        values = list(node["widgets_values"] or [])
+        widgets = {}
+        for input_name, spec in inputs.items():
+            if is_widget(spec):
+                widgets[input_name] = values.pop(0)
+                if len(spec) > 1 and spec[1].get("control_after_generate"):
+                    assert values.pop(0) in ("fixed", "randomize", "increment", "decrement")
+        assert values == [], f"node {node['id']} ({node['type']}): widget values left over: {values}"
+        api_inputs = api[str(node["id"])]["inputs"]
+        added = FRONT_END_WIDGETS.get(node["type"], ())
+        assert set(api_inputs) - set(inputs) <= set(added), f"node {node['id']}: inputs no schema lists"
+        linked = {k for k, v in api_inputs.items() if isinstance(v, list)}
+        assert {k: v for k, v in widgets.items() if k not in linked} == {
+            k: v for k, v in api_inputs.items() if k not in linked and k not in added}
+        for slot in node["inputs"]:
+            assert slot["name"] in inputs
+            if slot.get("link") is not None:
+                _, origin, origin_slot, target, target_slot, kind = links[slot["link"]]
+                assert target == node["id"] and node["inputs"][target_slot] is slot
+                assert api_inputs[slot["name"]] == [str(origin), origin_slot]
+        assert sorted(linked) == sorted(
+            slot["name"] for slot in node["inputs"] if slot.get("link") is not None), f"node {node['id']}: links"
+        for index, output in enumerate(node["outputs"]):
+            assert schema["output"][index] == output["type"]
+
+
+def check_ui_workflow_in_web_ui(page, client, name: str) -> dict:
+    """Load ``workflows/<template>.json`` in the web UI on ``page``; assert that no node is missing
+    and that the front end's ``graphToPrompt`` gives exactly its API twin. Returns the load report."""
+    import comfyui_harness as harness
+
+    report = harness.load_workflow_in_ui(page, client.base_url, ui_workflow(name), name=name)
+    assert report["missing_node_types"] == [] and not report["missing_nodes_dialog"], report
+    prompt = harness.graph_to_prompt(page)
+    view = {key: {"class_type": node["class_type"], "inputs": node["inputs"]} for key, node in prompt.items()}
+    twin = {key: {"class_type": node["class_type"], "inputs": node["inputs"]} for key, node in api_workflow(name).items()}
+    assert view == twin
+    return report

@@ -339,6 +339,8 @@ def test_cuda_device_on_a_machine_without_cuda_is_a_usage_error(images, tmp_path
     ["--help"], ["--version"], ["score", "--help"], ["select", "--help"], ["calibrate", "--help"], ["explain", "--help"], ["convert", "--help"],
     ["info", "--help"], ["download", "--help"], ["train", "--help"], ["train", "label", "--help"],
     ["train", "features", "--help"], ["train", "fit", "--help"], ["train", "eval", "--help"],
+    ["train", "lora", "--help"], ["train", "acquire", "--help"],
+    ["train", "acquire", "--comfyui", "c", "--checkpoint", "k", "-o", "o", "--prompt", "p", "--steer", "prune", "--particles", "0"],
     ["score", "x.png", "--batch-size", "0"], ["select", "x.png", "--top-k", "1", "--out", "o", "--weights", "1,2"],
 ])
 def test_help_version_and_usage_errors_never_import_torch(argv):

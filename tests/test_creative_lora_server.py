@@ -193,40 +193,10 @@ def nodes_setup_png(path):
 
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_ui_workflow_matches_its_api_twin_and_the_node_schemas(env, name):
-    ui = nodes_setup.ui_workflow(name)
-    api = nodes_setup.api_workflow(name)
-    assert ui["version"] == 0.4
-    assert {str(node["id"]): node["type"] for node in ui["nodes"]} == {key: node["class_type"] for key, node in api.items()}
-    links = {link[0]: link for link in ui["links"]}
-    for node in ui["nodes"]:
-        schema = env.client.object_info(node["type"])
-        inputs = {**schema["input"].get("required", {}), **schema["input"].get("optional", {})}
-        values = list(node["widgets_values"])
-        widgets = {}
-        for input_name, spec in inputs.items():
-            if isinstance(spec[0], list) or spec[0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
-                widgets[input_name] = values.pop(0)
-                if len(spec) > 1 and spec[1].get("control_after_generate"):
-                    assert values.pop(0) in ("fixed", "randomize", "increment", "decrement")
-        assert values == []
-        api_inputs = api[str(node["id"])]["inputs"]
-        assert widgets == {k: v for k, v in api_inputs.items() if not isinstance(v, list)}
-        for slot in node["inputs"]:
-            assert slot["name"] in inputs
-            if slot.get("link") is not None:
-                _, origin, origin_slot, target, target_slot, kind = links[slot["link"]]
-                assert target == node["id"] and node["inputs"][target_slot] is slot
-                assert api_inputs[slot["name"]] == [str(origin), origin_slot]
-        for index, output in enumerate(node["outputs"]):
-            assert schema["output"][index] == output["type"]
+    nodes_setup.check_ui_workflow_against_schemas(env.client, name)
 
 
 @pytest.mark.browser
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_ui_workflow_loads_in_the_web_ui_as_its_api_twin(env, browser_page, name):
-    report = harness.load_workflow_in_ui(browser_page, env.client.base_url, nodes_setup.ui_workflow(name), name=name)
-    assert report["missing_node_types"] == [] and not report["missing_nodes_dialog"], report
-    prompt = harness.graph_to_prompt(browser_page)
-    view = {key: {"class_type": node["class_type"], "inputs": node["inputs"]} for key, node in prompt.items()}
-    twin = {key: {"class_type": node["class_type"], "inputs": node["inputs"]} for key, node in nodes_setup.api_workflow(name).items()}
-    assert view == twin
+    nodes_setup.check_ui_workflow_in_web_ui(browser_page, env.client, name)
