@@ -67,8 +67,27 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _OthersHandler(_StderrHandler):
+    """Warnings of other libraries' loggers (ComfyUI's, in the commands that host it), once each.
+
+    Installed on the root logger, it also keeps ``logging.info()`` calls at import time (ComfyUI's
+    ``model_management`` makes some) from installing ``basicConfig``'s handler, which would print
+    every CREward line a second time.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.setLevel(logging.WARNING)
+        self.addFilter(lambda record: not (record.name == LOGGER_NAME or record.name.startswith(LOGGER_NAME + ".")))
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+
 def configure_logging(verbose: bool) -> None:
-    """Messages on stderr as ``LEVEL: message`` (with ``--verbose`` also the logger's name)."""
+    """Messages on stderr as ``LEVEL: message`` (with ``--verbose`` also the logger's name); other
+    libraries' warnings as ``LEVEL name: message``."""
+    root = logging.getLogger()
+    if not any(isinstance(handler, _OthersHandler) for handler in root.handlers):
+        root.addHandler(_OthersHandler())
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     handler = next((handler for handler in logger.handlers if isinstance(handler, _StderrHandler)), None)
