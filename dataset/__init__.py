@@ -7,7 +7,8 @@ recorded in a manifest, so a rerun resumes. Two engines score the parts with the
 preprocessing and the same batched model code as ``creward score``
 (``creward.models.file_scoring``): ``local_engine`` (this process, no Ray) and ``ray_engine``
 (Ray Data: decoding in CPU tasks, CREward in an actor pool). ``filtering`` turns scores into a
-keep/drop decision per row and ``kept`` writes what was kept. ``job`` ties these together.
+keep/drop decision per row and ``kept`` writes what was kept; with a reference set,
+``calibrated`` adds percentile and win-probability columns. ``job`` ties these together.
 
 Nothing here imports Ray or pyarrow at import time.
 """
