@@ -113,6 +113,14 @@ def test_training_raises_held_out_reward_and_lambda_keeps_denoising(tiny, tmp_pa
     assert float(info.metadata["creward.mean_reward_after"]) == pytest.approx(after["reward"])
     assert json.loads(info.metadata["creward.lambda"]) == 0.0 and info.metadata["creward.steps"] == "16"
     assert (tmp_path / "lambda0" / "reward_curve.png").is_file()
+    # the evaluation's settings, seeds and spread travel with the numbers (paired: same samples before/after)
+    evaluation = json.loads(info.metadata["creward.eval"])
+    pairs = torch.tensor(after["rewards"]) - torch.tensor(before["rewards"])
+    assert evaluation["samples"] == len(before["rewards"]) == pairs.numel() > 1
+    assert evaluation["paired_change"] == pytest.approx(float(pairs.mean()), abs=1e-5)
+    assert evaluation["paired_change_stderr"] == pytest.approx(float(pairs.std()) / pairs.numel() ** 0.5, abs=1e-5)
+    assert evaluation["improved_fraction"] == pytest.approx(float((pairs > 0).float().mean()))
+    assert evaluation["seeds"] and evaluation["sampler"] and evaluation["steps"] > 0
 
 
 def test_resume_after_interruption_continues_from_the_last_checkpoint(tiny, tmp_path):

@@ -67,6 +67,27 @@ EVAL_DENOISE_ITEMS = 8
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
 
+def paired_change(evals: list[dict]) -> dict:
+    """Before vs after on the same held-out samples: the mean per-sample change with its standard
+    error, the fraction of samples that improved, and each side's spread (empty without both)."""
+    first = next((e for e in evals if e["step"] == 0 and e.get("rewards")), None)
+    last = evals[-1] if evals and evals[-1]["step"] > 0 and evals[-1].get("rewards") else None
+    if first is None or last is None or len(first["rewards"]) != len(last["rewards"]):
+        return {}
+    before, after = torch.tensor(first["rewards"]), torch.tensor(last["rewards"])
+    change = after - before
+    count = change.numel()
+    stderr = float(change.std() / count ** 0.5) if count > 1 else float("nan")
+    return {
+        "samples": count,
+        "reward_std_before": round(float(before.std()) if count > 1 else 0.0, 6),
+        "reward_std_after": round(float(after.std()) if count > 1 else 0.0, 6),
+        "paired_change": round(float(change.mean()), 6),
+        "paired_change_stderr": round(stderr, 6) if stderr == stderr else None,
+        "improved_fraction": round(float((change > 0).float().mean()), 4),
+    }
+
+
 @dataclass
 class StepInfo:
     """What the progress callback gets after every optimiser step."""
@@ -468,6 +489,7 @@ class CreativeLoraTrainer:
             "step": self.state.step,
             "reward": float(reward.mean()),
             "reward_std": float(reward.std()) if reward.numel() > 1 else 0.0,
+            "rewards": [round(float(value), 6) for value in reward.tolist()],  # per held-out sample, same order every time
             "axes": {axis: float(value) for axis, value in zip(self.creward.axes, scores.mean(0).tolist())},
             "denoise": denoise,
             "seconds": time.monotonic() - started,
@@ -564,7 +586,10 @@ class CreativeLoraTrainer:
             "mean_reward_before": before,
             "mean_reward_after": after,
             "eval": {"seeds_per_prompt": config.eval_seeds, "steps": config.eval_steps, "cfg": config.cfg,
-                     "sampler": config.sampler_name, "scheduler": config.scheduler},
+                     "sampler": config.sampler_name, "scheduler": config.scheduler,
+                     "seeds": [config.seed + 1_000_000 + i for i in range(len(self.positive))],
+                     "seeds_note": "KSampler seed of each prompt's batch of seeds_per_prompt samples",
+                     **paired_change(evals)},
             "prompts": self.prompts,
             "pool": self.pool.source if self.pool else None,
         })
