@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+import nodes_setup  # noqa: E402
+
 NODE_WIDTH = 320
 WIDE_NODES = {"CLIPTextEncode": 400, "SaveImage": 360, "PreviewImage": 360, "PreviewAny": 400}
 COLUMN_GAP = 50
@@ -53,11 +54,7 @@ NOTES = {
         "patched model with any sampler; scale 0 is exactly the unpatched model. CREward Score scores the result.\n\n"
         "Needs a CREward head in ComfyUI/models/creward/ (see the pack's README, section Weights)."),
 }
-NOTE_SIZE = (400, 200)
-
-
-def _is_widget(spec) -> bool:
-    return isinstance(spec[0], list) or spec[0] in WIDGET_TYPES
+NOTE_CHAR_WIDTH, NOTE_LINE_HEIGHT = 7, 17  # the Note's text area, roughly
 
 
 def _parents(node: dict) -> list[str]:
@@ -112,7 +109,7 @@ def ui_from_api(api: dict, object_info: dict, note: str | None = None) -> dict:
             value = node["inputs"].get(name)
             kind = "COMBO" if isinstance(spec[0], list) else spec[0]
             options = spec[1] if len(spec) > 1 else {}
-            if not _is_widget(spec):
+            if not nodes_setup.is_widget(spec):
                 sockets.append({"localized_name": name, "name": name, "type": kind, "link": value, **(
                     {} if name in schema["input"].get("required", {}) else {"shape": 7})})
                 continue
@@ -174,21 +171,21 @@ def ui_from_api(api: dict, object_info: dict, note: str | None = None) -> dict:
             y += by_key[key]["size"][1] + ROW_GAP + 30  # 30: the title bar above pos
         bottom = max(bottom, y)
         x += max(by_key[key]["size"][0] for key in members) + COLUMN_GAP
-    if note:
-        heights = {}
-        for node in nodes:  # under the first columns, where the graph is shortest
-            heights[node["pos"][0]] = max(heights.get(node["pos"][0], 0), node["pos"][1] + node["size"][1])
-        first = min(heights)
-        nodes.append({"id": max(by_id) + 1, "type": "Note", "pos": [first, heights[first] + ROW_GAP + 30],
-                      "size": list(NOTE_SIZE), "flags": {}, "order": len(nodes), "mode": 0, "inputs": [], "outputs": [],
-                      "properties": {}, "widgets_values": [note], "color": "#432", "bgcolor": "#653"})
+    if note:  # under the first column, as wide as it
+        first = [node for node in nodes if node["pos"][0] == 40]
+        width = max(node["size"][0] for node in first)
+        lines = sum(1 + len(paragraph) * NOTE_CHAR_WIDTH // (width - 20) for paragraph in note.split("\n"))
+        nodes.append({"id": max(by_id) + 1, "type": "Note",
+                      "pos": [40, max(node["pos"][1] + node["size"][1] for node in first) + ROW_GAP + 30],
+                      "size": [width, 20 + NOTE_LINE_HEIGHT * lines], "flags": {}, "order": len(nodes), "mode": 0,
+                      "inputs": [], "outputs": [], "properties": {}, "widgets_values": [note],
+                      "color": "#432", "bgcolor": "#653"})
     return {"revision": 0, "last_node_id": max(node["id"] for node in nodes), "last_link_id": len(links),
             "nodes": nodes, "links": links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
 
 
 def main(argv=None) -> int:
     import comfyui_harness as harness
-    import nodes_setup
     from comfyui_setup import ensure_comfyui
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

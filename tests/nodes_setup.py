@@ -126,8 +126,10 @@ def node_id(graph: dict, class_type: str) -> str:
 
 
 def is_widget(spec) -> bool:
-    """Whether an ``/object_info`` input spec is shown as a widget (else it is a socket only)."""
-    return isinstance(spec[0], list) or spec[0] in WIDGET_TYPES
+    """Whether an ``/object_info`` input spec is shown as a widget (else it is a socket only:
+    ``forceInput`` widgets types are sockets too)."""
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return (isinstance(spec[0], list) or spec[0] in WIDGET_TYPES) and not options.get("forceInput")
 
 
 def check_ui_workflow_against_schemas(client, name: str) -> None:
@@ -158,8 +160,9 @@ def check_ui_workflow_against_schemas(client, name: str) -> None:
         added = FRONT_END_WIDGETS.get(node["type"], ())
         assert set(api_inputs) - set(inputs) <= set(added), f"node {node['id']}: inputs no schema lists"
         linked = {k for k, v in api_inputs.items() if isinstance(v, list)}
-        assert {k: v for k, v in widgets.items() if k not in linked} == {
-            k: v for k, v in api_inputs.items() if k not in linked and k not in added}
+        ui_values = {k: v for k, v in widgets.items() if k not in linked}
+        api_values = {k: v for k, v in api_inputs.items() if k not in linked and k not in added}
+        assert ui_values == api_values, f"node {node['id']} ({node['type']}): widgets {ui_values} != API {api_values}"
         for slot in node["inputs"]:
             assert slot["name"] in inputs
             if slot.get("link") is not None:

@@ -7,8 +7,8 @@ Usage::
 ComfyUI's template browser shows ``<name>.jpg`` beside each ``workflows/<name>.json`` of a pack.
 This starts a ComfyUI server (the bundled front end, classic renderer) on a temporary base
 directory holding the tests' tiny weights, opens each example workflow in headless Chromium,
-runs the ones that score (so their bars show; the LoRA workflows are shown as graphs, training
-would take minutes), fits the graph in view with the panels hidden and saves a 512x320 JPEG.
+runs the ones that score or sample (so their bars and images show; the LoRA workflows are shown
+as graphs, training would take minutes), fits the graph in view with the panels hidden and saves a 512x320 JPEG.
 Rerun it after changing a workflow or the look of the nodes, and commit the pictures.
 """
 
@@ -38,12 +38,14 @@ BOUNDS_JS = """() => {
     const [right, bottom] = screen(Math.max(...boxes.map(b => b[2])), Math.max(...boxes.map(b => b[3])));
     return [left, top, right, bottom];
 }"""
-RUN = {"creward_score_images", "creward_best_of_n", "creward_score_latents", "explain"}
+RUN = {"creward_score_images", "creward_best_of_n", "creward_score_latents", "explain", "creative_ksampler_pruned",
+       "fk_steering_custom_sampler", "guidance_ksampler"}
 SHRINK_JS = """() => {
     for (const node of window.app.graph.nodes) {
         const set = (name, value) => { const w = (node.widgets || []).find(w => w.name === name); if (w) w.value = value; };
         if (node.type === "EmptyLatentImage") { set("width", 64); set("height", 64); set("batch_size", 3); }
-        if (node.type === "KSampler") set("steps", 2);
+        if (["KSampler", "CREwardCreativeKSampler", "BasicScheduler"].includes(node.type)) set("steps", 2);
+        if (["CREwardCreativeKSampler", "CREwardSteeringSampler"].includes(node.type)) { set("particles", 4); set("checkpoint_every", 1); }
     }
 }"""
 

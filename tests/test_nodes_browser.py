@@ -105,12 +105,21 @@ TEMPLATES_JS = """async ([count]) => {
     }
     if (!dialog) return null;
     [...dialog.querySelectorAll("*")].filter(e => e.textContent.trim() === "comfyui-creward").pop().click();
+    // Cards load their thumbnail only while in view (the bundled front end's LazyImage drops it again
+    // when scrolled away): scroll through the cards and note each thumbnail as it loads.
     const images = () => [...dialog.querySelectorAll("img")];
-    for (let i = 0; i < 80 && !(images().length >= count && images().every(img => img.complete)); i++) await sleep(100);
-    return {
-        thumbnails: images().map(img => img.complete && img.naturalWidth > 0),
-        text: dialog.innerText.split("\\n").map(line => line.trim()),
-    };
+    const scrollers = () => [...dialog.querySelectorAll("*")].filter(e => e.scrollHeight > e.clientHeight + 4 && /(auto|scroll)/.test(getComputedStyle(e).overflowY));
+    const seen = new Map(), text = new Set();
+    for (let i = 0; i < 160 && !(seen.size >= count && [...seen.values()].every(Boolean)); i++) {
+        await sleep(100);
+        for (const img of images().filter(img => img.complete && img.getAttribute("src"))) {
+            const key = img.alt + " " + img.src, loaded = img.naturalWidth > 0 && !img.src.includes("default-template");
+            seen.set(key, seen.get(key) || loaded);  // a failed thumbnail shows the default picture
+        }
+        for (const line of dialog.innerText.split("\\n")) text.add(line.trim());
+        if (i % 5 === 4) for (const scroller of scrollers()) scroller.scrollTop += scroller.clientHeight / 2;
+    }
+    return {thumbnails: [...seen.values()], text: [...text]};
 }"""
 
 
