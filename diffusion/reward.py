@@ -30,22 +30,11 @@ class RewardSpec:
         """``spec``: an axis name (``texture``), a mix (``geometry=1,texture=0.5``), a list of weights
         (``1,0,0.5,0``) or a mapping; names outside ``axes`` are an error that lists them."""
         axes = tuple(axes)
-        if isinstance(spec, str) and "=" in spec:
-            mapping = {}
-            for part in spec.split(","):
-                name, _, value = part.partition("=")
-                try:
-                    mapping[name.strip()] = float(value)
-                except ValueError:
-                    raise CREwardError(f"axis {spec!r}: {part.strip()!r} should be AXIS=WEIGHT, e.g. texture=0.5") from None
-            spec_value = mapping
-        else:
-            spec_value = spec
         if isinstance(spec, str) and spec.strip() in axes:
             weights = tuple(1.0 if axis == spec.strip() else 0.0 for axis in axes)
         else:
             try:
-                weights = tuple(float(value) for value in axis_weights(spec_value, axes).tolist())
+                weights = tuple(float(value) for value in axis_weights(spec, axes).tolist())
             except (CREwardError, ValueError) as error:
                 raise CREwardError(f"axis {spec!r}: {error} (this head's axes: {', '.join(axes)})") from error
         if not any(weights):

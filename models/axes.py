@@ -28,6 +28,18 @@ def parse_weight_list(text: str, axes: Sequence[str] = AXES) -> tuple[float, ...
     return values
 
 
+def parse_weight_mix(text: str) -> dict[str, float]:
+    """``"geometry=1,texture=0.5"`` → ``{"geometry": 1.0, "texture": 0.5}`` (names checked by the caller)."""
+    weights = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise CREwardError(f"axis weights {text!r}: {part.strip()!r} should be AXIS=WEIGHT, e.g. texture=0.5") from None
+    return weights
+
+
 def axis_index(axis: str) -> int:
     """Position of ``axis`` in the head's output."""
     try:
@@ -39,11 +51,14 @@ def axis_index(axis: str) -> int:
 def axis_weights(spec: str | Mapping[str, float] | Sequence[float], axes: Sequence[str] = AXES) -> "torch.Tensor":
     """Turn an axis choice into a weight vector over ``axes``.
 
-    Accepts an axis name (``"texture"``), a mapping ``{"geometry": 1.0, "texture": 0.5}``,
-    a sequence of len(axes) numbers, or a comma-separated string ``"1,0,0.5,0"``.
+    Accepts an axis name (``"texture"``), a mapping ``{"geometry": 1.0, "texture": 0.5}`` or the
+    same as text (``"geometry=1,texture=0.5"``), a sequence of len(axes) numbers, or a
+    comma-separated string ``"1,0,0.5,0"``.
     """
     import torch
 
+    if isinstance(spec, str) and "=" in spec:
+        spec = parse_weight_mix(spec)
     if isinstance(spec, str):
         if "," in spec or spec.replace(".", "", 1).lstrip("-").isdigit():
             try:

@@ -20,24 +20,13 @@ import pyarrow.parquet as pq  # noqa: E402
 
 import dataset_checks as checks  # noqa: E402
 from creward.cli.main import main  # noqa: E402
+from test_dataset_local import built, model_args, weights  # noqa: F401  (built and weights are fixtures)
 
 pytestmark = pytest.mark.unit
 AXES = checks.AXES
 CALIBRATED = [f"{axis}_percentile" for axis in AXES] + [f"{axis}_win" for axis in AXES]
 
 
-@pytest.fixture(scope="module")
-def weights(dataset_weights):
-    return dataset_weights
-
-
-@pytest.fixture(scope="module")
-def built(dataset_inputs):
-    return dataset_inputs
-
-
-def model_args(weights):
-    return ["--head", str(weights["head"]), "--backbone-weights", str(weights["backbone"]), "--device", "cpu", "--batch-size", "3"]
 
 
 def _spread(expected: dict, count: int, shift: float, seed: int) -> np.ndarray:

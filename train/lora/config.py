@@ -51,16 +51,10 @@ def normalize_axis_weights(spec: str | Mapping[str, float] | Sequence[float]) ->
     Accepts an axis name (``"texture"``), ``"geometry=1,texture=0.5"``, ``"1,0,0.5,0"``, a mapping
     or a sequence of four numbers.
     """
-    if isinstance(spec, str) and "=" in spec:
-        pairs = {}
-        for part in spec.split(","):
-            name, _, value = part.partition("=")
-            try:
-                pairs[name.strip()] = float(value)
-            except ValueError:
-                raise LoraConfigError(f"axis weights {spec!r}: {part!r} is not axis=number") from None
-        spec = pairs
-    weights = axis_weights(spec)
+    try:
+        weights = axis_weights(spec)
+    except CREwardError as error:
+        raise LoraConfigError(str(error)) from None
     if not bool(weights.abs().sum() > 0):
         raise LoraConfigError(f"axis weights {spec!r} are all zero: at least one axis needs a weight")
     return {axis: float(value) for axis, value in zip(AXES, weights.tolist())}
