@@ -36,7 +36,7 @@ def parse_weight_mix(text: str) -> dict[str, float]:
         try:
             weights[name.strip()] = float(value)
         except ValueError:
-            raise CREwardError(f"axis weights {text!r}: {part.strip()!r} should be AXIS=WEIGHT, e.g. texture=0.5") from None
+            raise CREwardError(f"axis weights {text!r}: {part.strip()!r} is not axis=number, e.g. texture=0.5") from None
     return weights
 
 
