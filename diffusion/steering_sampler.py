@@ -289,7 +289,10 @@ class SteeringSampler(comfy.samplers.Sampler):
             seconds=time.monotonic() - started, checkpoint_seconds=scoring_seconds,
         )
         logger.info("CREward steering: %s, %d model evaluations, %.1f s", run_plan.describe(steps), model.rows, self.report.seconds)
-        return x[pick.to(x.device)]
+        chosen = x[pick.to(x.device)]
+        if callback is not None:  # the last step's x0 again, as the returned rows (SamplerCustom's denoised_output)
+            callback(steps - 1, chosen, chosen, steps)
+        return chosen
 
 
 def _with_mode(plan: SteeringPlan, mode: str) -> SteeringPlan:

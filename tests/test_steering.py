@@ -229,3 +229,12 @@ def test_guidance_every_k_and_range_guide_the_right_steps(analytic):
         from creward.diffusion.guidance import GuidanceSettings
 
         GuidanceSettings(start_percent=0.9, end_percent=0.1)
+
+
+def test_progress_callback_sees_every_step_and_last_the_returned_rows(analytic):
+    # ComfyUI's progress bar and SamplerCustom's denoised_output come from this callback
+    seen = []
+    steer(analytic, analytic.model, 0, plan(mode="prune", particles=4, survivors=2, checkpoint_steps=(3,)), sampler="euler",
+          callback=lambda step, x0, x, total: seen.append((step, x0.shape[0], total)))
+    assert {step for step, _, _ in seen} == set(range(STEPS)) and all(total == STEPS for _, _, total in seen)
+    assert seen[0][1] == 4 and seen[-2][1] == 2 and seen[-1] == (STEPS - 1, 1, STEPS)
