@@ -45,27 +45,21 @@ def add_steering_arguments(parser: argparse.ArgumentParser) -> None:
     add("--raw-gradient", action="store_true", help="guide: use the raw gradient (clipped) instead of normalising it")
 
 
-def _steps(text: str | None) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise UsageError(f"--checkpoint-steps: expected whole numbers separated by commas, e.g. 4,8,12, got {text!r}") from None
-
-
 def plan_from_args(args: argparse.Namespace, steps: int, keep: int = 1):
     """The ``SteeringPlan`` of ``--steer resample|prune`` (None otherwise), checked against ``steps``."""
     if args.steer not in ("resample", "prune"):
         return None
-    from ..diffusion.steering_plan import SteeringPlan
+    from ..diffusion.steering_plan import SteeringPlan, parse_checkpoint_steps
     from ..models.errors import CREwardError
 
     try:
+        steps_list = parse_checkpoint_steps(args.checkpoint_steps)
+    except CREwardError as error:
+        raise UsageError(f"--checkpoint-steps: {error}") from None
+    try:
         plan = SteeringPlan(
-            mode=args.steer, particles=args.particles, keep=keep,
-            survivors=args.survivors if args.steer == "prune" else max(args.survivors, keep),
-            potential=args.potential, temperature=args.fk_lambda, checkpoint_steps=_steps(args.checkpoint_steps),
+            mode=args.steer, particles=args.particles, keep=keep, survivors=args.survivors,
+            potential=args.potential, temperature=args.fk_lambda, checkpoint_steps=steps_list,
             every=args.checkpoint_every, start_percent=0.2 if args.steer_start is None else args.steer_start,
             end_percent=args.steer_end, seed=0,
         )

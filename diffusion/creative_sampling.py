@@ -54,13 +54,14 @@ def reward_builder(scorer, spec: RewardSpec, decoder_choice: str, vae=None, deco
 def creative_sample(model, positive, negative, latent: torch.Tensor, seed: int, steps: int, cfg: float,
                     sampler_name: str, scheduler: str, plan: SteeringPlan, reward, keep: int = 1, denoise: float = 1.0,
                     noise_mask: torch.Tensor | None = None, batch_index=None, callback=None,
-                    disable_pbar: bool = True) -> tuple[torch.Tensor, SteeringReport]:
+                    disable_pbar: bool = True, keep_images: bool = False) -> tuple[torch.Tensor, SteeringReport]:
     """Steered samples of ``latent`` (VAE latents ``[B, C, h, w]``): returns the ``keep`` best per
     latent, latent-major and best first (VAE latents, what ``VAEDecode`` takes), and the report.
 
-    Particle 0 of each latent uses the noise ``KSampler`` would draw for ``seed``.
+    Particle 0 of each latent uses the noise ``KSampler`` would draw for ``seed``. With
+    ``keep_images`` the report also holds the returned samples as the preview decoder decoded them.
     """
-    sampler = SteeringSampler(sampler_name, plan, reward, keep=keep)
+    sampler = SteeringSampler(sampler_name, plan, reward, keep=keep, keep_images=keep_images)
     latent = comfy.sample.fix_empty_latent_channels(model, latent)
     noise = comfy.sample.prepare_noise(latent, seed, batch_index)
     sigmas = ksampler_sigmas(model, steps, sampler_name, scheduler, denoise)

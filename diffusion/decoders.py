@@ -24,11 +24,8 @@ def decode_differentiable(vae, latent: torch.Tensor) -> torch.Tensor:
 
 def latent_channels_of(vae) -> int | None:
     """Latent channels a ComfyUI VAE (or TAESD) decodes, when it says."""
-    for name in ("latent_channels",):
-        value = getattr(vae, name, None)
-        if isinstance(value, int):
-            return value
-    return None
+    value = getattr(vae, "latent_channels", None)
+    return value if isinstance(value, int) else None
 
 
 class PreviewDecoder:

@@ -113,9 +113,7 @@ class RewardGuidance:
         if not isinstance(self._reward, LatentReward):
             self._reward = self._reward(base_model)
         if not self._ready:
-            make_autograd_ready(getattr(self._reward.decoder.module, "first_stage_model", self._reward.decoder.module))
-            if isinstance(self._reward.scorer, torch.nn.Module):
-                make_autograd_ready(self._reward.scorer)
+            make_autograd_ready(*_modules(self._reward))
             self._ready = True
         return self._reward
 
@@ -132,12 +130,12 @@ class RewardGuidance:
         index = int(torch.argmin((steps - sigma).abs()))
         return index in in_range and in_range.index(index) % s.every == 0
 
-    def _first_step(self, sigma: float, sample_sigmas) -> bool:
+    def _first_step(self, sigma: float, model_sampling, sample_sigmas) -> bool:
         """Whether ``sigma`` is the first guided step of this sampling run (for one log line per run)."""
         if sample_sigmas is None:
             return self.steps_guided == 1
         steps = sample_sigmas.flatten().float().cpu()[:-1].tolist()
-        guided = [value for value in steps if self.active(value, self._model_sampling, sample_sigmas)]
+        guided = [value for value in steps if self.active(value, model_sampling, sample_sigmas)]
         return bool(guided) and abs(guided[0] - sigma) <= 1e-6 * max(1.0, abs(sigma))
 
     def __call__(self, args: dict) -> torch.Tensor:
@@ -150,19 +148,15 @@ class RewardGuidance:
         if not self.active(sigma, base.model_sampling, sample_sigmas):
             return denoised
         reward = self.reward_for(base)
-        self._model_sampling = base.model_sampling
         with torch.inference_mode(False), torch.enable_grad():
             x0 = denoised.detach().clone().float().requires_grad_(True)
-            modules = [getattr(reward.decoder.module, "first_stage_model", reward.decoder.module)]
-            if isinstance(reward.scorer, torch.nn.Module):
-                modules.append(reward.scorer)
-            with frozen(*modules):
+            with frozen(*_modules(reward)):
                 value = reward.value_with_grad(base.process_latent_out(x0))
                 (gradient,) = torch.autograd.grad(value.sum(), x0)
         gradient = gradient.detach()
         self.steps_guided += 1
         self.last_gradient_norm = float(gradient.flatten(1).norm(dim=1).mean())
-        if self._first_step(sigma, sample_sigmas):
+        if self._first_step(sigma, base.model_sampling, sample_sigmas):
             logger.info("CREward guidance: %s, scale %g, %s weighting; first guided step at sigma %.4g, gradient norm %.3g",
                         reward.spec.describe(), self.settings.scale, self.settings.weighting, sigma, self.last_gradient_norm)
         if self.settings.normalize:
@@ -171,6 +165,15 @@ class RewardGuidance:
         gradient = clip_rms(gradient, self.settings.max_grad_rms)
         step = self.settings.scale * self.settings.weight(sigma)
         return (denoised.float() + step * gradient.to(denoised.device)).to(denoised.dtype)
+
+
+def _modules(reward: LatentReward) -> list[torch.nn.Module]:
+    """The decoder's and the scorer's modules (made autograd-ready once, frozen during each backward)."""
+    module = reward.decoder.module
+    modules = [getattr(module, "first_stage_model", module)]
+    if isinstance(reward.scorer, torch.nn.Module):
+        modules.append(reward.scorer)
+    return modules
 
 
 def guided_model(model_patcher, reward: LatentReward | Callable, settings: GuidanceSettings):

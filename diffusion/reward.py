@@ -75,8 +75,11 @@ class LatentReward:
     def axes(self) -> tuple[str, ...]:
         return self.spec.axes
 
-    def scores(self, latents: torch.Tensor) -> torch.Tensor:
-        """Float32 scores ``[B, axes]`` on the CPU, chunk by chunk, no gradients."""
+    def scores(self, latents: torch.Tensor, images_out: list | None = None) -> torch.Tensor:
+        """Float32 scores ``[B, axes]`` on the CPU, chunk by chunk, no gradients.
+
+        ``images_out``: a list that receives the decoded images ``[b, 3, H, W]`` chunk by chunk
+        (on the CPU), for callers that also show them."""
         self.decoder.check_latents(latents)
         self.decoder.prepare()
         results = []
@@ -84,6 +87,8 @@ class LatentReward:
             for start in range(0, len(latents), self.batch_size):
                 images = self.decoder.decode(latents[start:start + self.batch_size])
                 results.append(self.scorer(images).float().cpu())
+                if images_out is not None:
+                    images_out.append(images.float().cpu())
                 if self.on_batch is not None:
                     self.on_batch()
         return torch.cat(results)

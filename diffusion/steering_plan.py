@@ -52,6 +52,17 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def parse_checkpoint_steps(text: str | None) -> tuple[int, ...] | None:
+    """``"4, 8, 12"`` → ``(4, 8, 12)``; empty → None (use the every-k rule). Plain Python."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return tuple(int(part) for part in text.replace(";", ",").split(",") if part.strip())
+    except ValueError:
+        raise CREwardError(f"expected whole numbers separated by commas, e.g. 4,8,12, got {text!r}") from None
+
+
 @dataclass(frozen=True)
 class SteeringPlan:
     """What a steered run does: mode, particle counts, checkpoints and the FK potential.

@@ -87,6 +87,7 @@ class SteeringReport:
     evaluations_per_latent: float = 0.0
     populations: list[Population] = field(default_factory=list)  # one per latent of the batch
     final_scores: torch.Tensor | None = None  # [B * keep, axes], latent-major, best first
+    final_images: torch.Tensor | None = None  # [B * keep, 3, H, W] as scored (preview decoder), when asked
     final_values: torch.Tensor | None = None  # [B * keep]
     origins: list[list[int]] = field(default_factory=list)  # per latent: initial particle of each returned sample
     axes: tuple[str, ...] = ()
@@ -105,11 +106,6 @@ class SteeringReport:
             if len(self.populations) > 1:
                 lines.append(f"-- latent {g}")
             lines.append(population.lineage_text(self.axes))
-            if self.final_values is not None and g < len(self.origins):
-                keep = len(self.origins[g])
-                values = self.final_values[g * keep:(g + 1) * keep].tolist()
-                picks = ", ".join(f"p{origin} ({value:.3f})" for origin, value in zip(self.origins[g], values))
-                lines.append(f"returned (best first): {picks}")
         return "\n".join(lines)
 
 
@@ -152,11 +148,13 @@ class SteeringSampler(comfy.samplers.Sampler):
             depends on the model's latent format, known only then).
         keep: samples returned per latent (best first); SAMPLER outputs for ``SamplerCustom`` keep 1.
         extra_options: passed to the sampler function (``eta``, ``s_noise`` ...).
+        keep_images: also keep the returned samples' decoded images (the final scoring's) in the report.
 
     After ``sample``, ``report`` holds a ``SteeringReport``.
     """
 
-    def __init__(self, sampler_name: str, plan: SteeringPlan, reward: LatentReward, keep: int = 1, extra_options: dict | None = None):
+    def __init__(self, sampler_name: str, plan: SteeringPlan, reward: LatentReward, keep: int = 1, extra_options: dict | None = None,
+                 keep_images: bool = False):
         check_sampler_name(sampler_name)
         if keep < 1 or keep > plan.particles:
             raise CREwardError(f"keep (k={keep}) must be between 1 and the number of particles (N={plan.particles})")
@@ -166,6 +164,7 @@ class SteeringSampler(comfy.samplers.Sampler):
         self.plan = plan
         self.reward = reward
         self.keep = keep
+        self.keep_images = keep_images
         self.inner = comfy.samplers.sampler_object(sampler_name)
         if extra_options:
             self.inner.extra_options = dict(self.inner.extra_options, **extra_options)
@@ -210,7 +209,7 @@ class SteeringSampler(comfy.samplers.Sampler):
         model_k = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
         model_k.latent_image = latents
         if self.inner.inpaint_options.get("random", False):
-            generator = torch.manual_seed(seed + 1)
+            generator = torch.Generator().manual_seed(seed + 1)  # KSAMPLER's draw, without reseeding torch's global RNG
             model_k.noise = torch.randn(x_noise.shape, generator=generator, device="cpu").to(x_noise.dtype).to(x_noise.device)
         else:
             model_k.noise = x_noise
@@ -252,10 +251,8 @@ class SteeringSampler(comfy.samplers.Sampler):
                 population.record(end, values[group_rows], scores[group_rows], reward.axes)
                 if mode == "resample":
                     chosen = resample_indices(log_potential(population.history_tensor(), plan.potential, plan.temperature), generator)
-                elif mode == "prune":
+                else:  # prune (best-of-n has no checkpoints)
                     chosen = prune_indices(values[group_rows], target) if target < alive else torch.arange(alive)
-                else:
-                    chosen = torch.arange(alive)
                 population.select(chosen, mode)
                 rows.append(chosen)
             index = torch.stack(rows, dim=1).flatten()  # new row j * batch + g <- old row chosen[g][j] * batch + g
@@ -270,7 +267,8 @@ class SteeringSampler(comfy.samplers.Sampler):
 
         x = sampling.inverse_noise_scaling(sigmas[-1], x)
         scored = time.monotonic()
-        final_scores = reward.scores(base.process_latent_out(x.float()))
+        images = [] if self.keep_images else None
+        final_scores = reward.scores(base.process_latent_out(x.float()), images)
         scoring_seconds += time.monotonic() - scored
         values = reward.values(final_scores)
         alive = x.shape[0] // batch
@@ -279,6 +277,7 @@ class SteeringSampler(comfy.samplers.Sampler):
         for g, population in enumerate(populations):
             group_rows = torch.arange(alive) * batch + g
             order = final_order(values[group_rows], keep)
+            population.record_final(values[group_rows], order)
             picks += [int(group_rows[i]) for i in order]
             origins.append([population.origin[i] for i in order])
         pick = torch.tensor(picks)
@@ -286,6 +285,7 @@ class SteeringSampler(comfy.samplers.Sampler):
             plan=run_plan.describe(steps), sampler=self.sampler_name, mode=mode, note=note, checkpoints=checkpoints,
             evaluations=model.rows, evaluations_per_latent=model.rows / batch, populations=populations,
             final_scores=final_scores[pick], final_values=values[pick], origins=origins, axes=tuple(reward.axes),
+            final_images=torch.cat(images)[pick] if images else None,
             seconds=time.monotonic() - started, checkpoint_seconds=scoring_seconds,
         )
         logger.info("CREward steering: %s, %d model evaluations, %.1f s", run_plan.describe(steps), model.rows, self.report.seconds)

@@ -29,7 +29,6 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .autograd import make_autograd_ready
 from .axes import axis_weights

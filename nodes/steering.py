@@ -64,31 +64,23 @@ def optional_steering_inputs() -> dict:
     }
 
 
-def parse_steps(text: str) -> tuple[int, ...] | None:
-    text = (text or "").strip()
-    if not text:
-        return None
-    try:
-        return tuple(int(part) for part in text.replace(";", ",").split(",") if part.strip())
-    except ValueError:
-        raise CREwardError(f"checkpoint_steps {text!r}: expected whole numbers separated by commas, e.g. '4, 8, 12'") from None
-
-
 def reward_spec(creward, axis: str, weights: str):
     from ..diffusion.reward import RewardSpec
 
-    spec = RewardSpec.parse(weights if axis == WEIGHTED else axis, creward.axes)
-    return spec
+    return RewardSpec.parse(weights if axis == WEIGHTED else axis, creward.axes)
 
 
 def make_plan(mode, particles, keep, survivors, potential, fk_lambda, checkpoint_every, start_percent, end_percent,
               checkpoint_steps, seed):
-    from ..diffusion.steering_plan import SteeringPlan
+    from ..diffusion.steering_plan import SteeringPlan, parse_checkpoint_steps
 
+    try:
+        steps = parse_checkpoint_steps(checkpoint_steps)
+    except CREwardError as error:
+        raise CREwardError(f"checkpoint_steps: {error}") from None
     return SteeringPlan(
-        mode=mode, particles=particles, keep=keep, survivors=survivors if mode == "prune" else max(survivors, keep),
-        potential=potential, temperature=fk_lambda, checkpoint_steps=parse_steps(checkpoint_steps), every=checkpoint_every,
-        start_percent=start_percent, end_percent=end_percent, seed=seed,
+        mode=mode, particles=particles, keep=keep, survivors=survivors, potential=potential, temperature=fk_lambda,
+        checkpoint_steps=steps, every=checkpoint_every, start_percent=start_percent, end_percent=end_percent, seed=seed,
     )
 
 
@@ -210,6 +202,7 @@ class CREwardCreativeKSampler:
             model, positive, negative, latent, seed, steps, cfg, sampler_name, scheduler, plan, factory, keep=keep,
             denoise=denoise, noise_mask=noise_mask, batch_index=batch_index,
             callback=latent_preview.prepare_callback(model, steps), disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+            keep_images=decode_images,
         )
         batch = latent.shape[0]
         out = {key: value for key, value in latent_image.items() if key not in ("samples", "noise_mask", "batch_index")}
@@ -220,10 +213,8 @@ class CREwardCreativeKSampler:
         if batch_index is not None:
             out["batch_index"] = [batch_index[g] for g in rows]
         table = ScoreTable(report.final_scores, tuple(creward.axes), scorer=creward.scorer)
-        if decode_images:
-            reward = factory(model.model)
-            images = reward.decoder.decode(samples.to(comfy.model_management.get_torch_device())).movedim(1, -1)
-            images = images.to(comfy.model_management.intermediate_device())
+        if decode_images:  # the final scoring's decode of the returned samples
+            images = report.final_images.movedim(1, -1).to(comfy.model_management.intermediate_device())
         else:
             images = torch.zeros(1, 1, 1, 3)
         return (out, table, images, report.lineage_text())
